@@ -1,0 +1,174 @@
+"""The embedded default base model, and resolution of any base model reference.
+
+``base_model: tiny`` means a small Qwen2-style model built here, from nothing: a byte-level BPE
+tokenizer trained with `tokenizers` on the bundled corpus, a ChatML chat template, and a short
+causal-LM pretraining pass on the same corpus so that LoRA fine-tuning starts from a model that
+has seen the languages and JSON, not from noise. It is built once and cached; the cache key
+covers the corpus and every build setting, so a change rebuilds it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CORPUS = REPO_ROOT / "configs" / "tiny_base" / "corpus.txt"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Everything that decides the tiny model's weights; part of its cache key."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    pretrain_epochs: int = 3
+    pretrain_seq_len: int = 256
+    pretrain_batch_size: int = 16
+    pretrain_lr: float = 3e-3
+    seed: int = 1234
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LORAFLEET_CACHE", Path.home() / ".cache" / "lorafleet"))
+
+
+def resolve_base_model(ref: str) -> str:
+    """A path or hub id that `from_pretrained` accepts. ``tiny`` builds (or reuses) the embedded model."""
+    if ref == "tiny":
+        return str(ensure_tiny_base())
+    return ref
+
+
+def ensure_tiny_base(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS,
+                     root: Path | None = None) -> Path:
+    """Build the tiny base model into the cache unless it is there; safe to call from many processes."""
+    corpus_bytes = Path(corpus).read_bytes()
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + corpus_bytes).hexdigest()[:16]
+    root = Path(root or cache_root())
+    target = root / f"tiny-base-{key}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".tiny-base-{key}.lock"):
+        if not (target / "config.json").is_file():
+            staging = Path(tempfile.mkdtemp(prefix=f".tiny-base-{key}-", dir=root))
+            try:
+                build_tiny_base(staging, spec, corpus_bytes.decode("utf-8"))
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token=None,
+        bos_token=None, model_input_names=["input_ids", "attention_mask"])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # decoder-only generation pads on the left
+    return fast
+
+
+def build_tiny_base(out_dir: Path, spec: TinySpec = TinySpec(), corpus_text: str | None = None) -> Path:
+    """Train the tokenizer, init a Qwen2-style model and pretrain it briefly on the corpus."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    corpus_text = corpus_text if corpus_text is not None else DEFAULT_CORPUS.read_text(encoding="utf-8")
+    documents = [d.strip() for d in corpus_text.split("\n\n") if d.strip()]
+    tokenizer = build_tokenizer(documents, spec.vocab_size)
+    torch.manual_seed(spec.seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True, rope_theta=10000.0, use_sliding_window=False,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32")
+    model = Qwen2ForCausalLM(config)
+    _pretrain(model, tokenizer, documents, spec)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "lorafleet_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return out_dir
+
+
+def _pretrain(model, tokenizer, documents: list[str], spec: TinySpec) -> None:
+    """Plain next-token training on packed corpus blocks: a few minutes' worth of language for 2 CPU cores."""
+    import torch
+
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    stream: list[int] = []
+    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids + [eot])
+    n_blocks = len(stream) // spec.pretrain_seq_len
+    blocks = torch.tensor(stream[: n_blocks * spec.pretrain_seq_len]).view(n_blocks, spec.pretrain_seq_len)
+    steps_per_epoch = math.ceil(n_blocks / spec.pretrain_batch_size)
+    total = steps_per_epoch * spec.pretrain_epochs
+    optim = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=spec.pretrain_lr, total_steps=total, pct_start=0.1)
+    order = random.Random(spec.seed)
+    model.train()
+    step = 0
+    for epoch in range(spec.pretrain_epochs):
+        perm = list(range(n_blocks))
+        order.shuffle(perm)
+        for start in range(0, n_blocks, spec.pretrain_batch_size):
+            batch = blocks[perm[start:start + spec.pretrain_batch_size]]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            if step % 50 == 0 or step == total:
+                log.info("tiny base pretraining: step %d/%d (epoch %d) loss %.3f", step, total, epoch + 1, loss.item())
+    model.eval()

@@ -1,0 +1,119 @@
+"""``lorafleet run | validate | make-tiny-base`` (also ``python -m lorafleet``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lorafleet.config import ConfigError, find_domain_files, parse_overrides
+
+DEFAULT_CONFIG_DIR = "configs/domains"
+DEFAULT_STORAGE = "./artifacts"
+
+
+def _add_domain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of domain YAML files")
+    p.add_argument("--domains", default="", help="comma-separated domain file names (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field for every chosen domain, e.g. train.max_steps=20 (YAML value)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorafleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="fine-tune, export, evaluate and publish the chosen domains")
+    _add_domain_args(run)
+    run.add_argument("--storage", default=DEFAULT_STORAGE, help="local folder, file:// or s3:// URI")
+    run.add_argument("--run-id", default=None, help="default: UTC time, e.g. 20261122-051000")
+    run.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster); default: local")
+    run.add_argument("--work-dir", default=None, help="local scratch folder (default: ~/.cache/lorafleet/work/RUN_ID)")
+    val = sub.add_parser("validate", help="check configs and data without training")
+    _add_domain_args(val)
+    tiny = sub.add_parser("make-tiny-base", help="build the embedded tiny base model into DIR")
+    tiny.add_argument("dir")
+    return parser
+
+
+def _domain_files(args):
+    domains = [d for d in args.domains.split(",") if d] or None
+    return find_domain_files(args.config_dir, domains)
+
+
+def cmd_validate(args) -> int:
+    from lorafleet import data as data_mod
+    from lorafleet.pipeline import load_configs
+
+    configs, errors = load_configs(_domain_files(args), parse_overrides(args.overrides))
+    for name, cfg in configs.items():
+        try:
+            m = data_mod.prepare(cfg).manifest
+            print(f"ok   {name}: {m.records_read} records, train/val/test {m.counts['train']}/{m.counts['val']}/"
+                  f"{m.counts['test']}, {len(m.drops)} dropped, dataset {m.dataset_version[:12]}")
+        except (data_mod.DataError, OSError) as exc:
+            errors[name] = str(exc)
+    for name, error in errors.items():
+        print(f"FAIL {name}: {error}")
+    return 1 if errors else 0
+
+
+def cmd_run(args) -> int:
+    import ray
+
+    from lorafleet.base_model import cache_root
+    from lorafleet.pipeline import RunOptions, new_run_id, run
+
+    run_id = args.run_id or new_run_id()
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
+    opts = RunOptions(config_files=_domain_files(args), overrides=parse_overrides(args.overrides),
+                      storage=storage, run_id=run_id, work_dir=work_dir.resolve())
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}} if args.address is None else None)
+    summary = run(opts)
+    print_summary(summary)
+    return 0 if summary["status"] == "succeeded" else 1
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\nrun {summary['run_id']}: {summary['status']} in {summary['seconds']:.0f}s")
+    for name, d in summary["domains"].items():
+        tuned = d["metrics"].get("tuned", {})
+        base = d["metrics"].get("base", {})
+        line = f"  {name:<16} {d['status']:<10}"
+        if tuned:
+            line += (f" schema_pass {base.get('schema_pass_rate', 0):.2f} -> {tuned['schema_pass_rate']:.2f}"
+                     f"  field_acc {base.get('field_accuracy', 0):.2f} -> {tuned['field_accuracy']:.2f}")
+        if d.get("onnx_parity"):
+            line += f"  onnx match {d['onnx_parity']['greedy_match_rate']:.2f}"
+        if d.get("error"):
+            line += f"  {d['error'][:200]}"
+        print(line)
+        if d["artifacts"].get("report"):
+            print(f"  {'':<16} report: {d['artifacts']['report']}")
+    print(f"summary: {summary['summary_uri']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LORAFLEET_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "run":
+            return cmd_run(args)
+        from lorafleet.base_model import TinySpec, build_tiny_base
+
+        print(build_tiny_base(Path(args.dir), TinySpec()))
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

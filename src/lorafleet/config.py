@@ -1,0 +1,275 @@
+"""Domain configuration: the only place that reads YAML.
+
+One YAML file per domain (``configs/domains/<name>.yaml``). Every field is typed and
+validated by pydantic; unknown keys are rejected; errors name the file and the field.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A domain config (or its data/schema reference) is unusable; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    path: str = Field(description="JSONL file, relative to the YAML file, or a URI.")
+    format: Literal["messages", "conversations", "alpaca"] = Field(
+        description="messages: OpenAI-style role/content; conversations: ShareGPT from/value; "
+        "alpaca: instruction/input/output.")
+    group_key: str = Field(description="Record field; records sharing its value never cross splits.")
+    splits: dict[Literal["train", "val", "test"], float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    seed: int = 0
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_sum_to_one(cls, splits: dict[str, float]) -> dict[str, float]:
+        if set(splits) != {"train", "val", "test"}:
+            raise ValueError("splits needs exactly train, val and test")
+        if any(v <= 0 for v in splits.values()):
+            raise ValueError("every split ratio must be > 0")
+        if abs(sum(splits.values()) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {sum(splits.values()):g}")
+        return splits
+
+
+class TrainConfig(_Strict):
+    max_seq_length: int = Field(512, gt=16)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Caps every trial, whatever its epochs (quick profile).")
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    load_in_4bit: bool | Literal["auto"] = Field("auto", description="auto: 4-bit NF4 on CUDA, full precision on CPU.")
+    lora_alpha_ratio: float = Field(2.0, gt=0, description="lora_alpha = ratio * lora_rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_steps: int = Field(25, gt=0, description="Evaluate (and report to Tune) every N steps.")
+    seed: int = 0
+
+
+class RangeSpec(_Strict):
+    min: float
+    max: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RangeSpec":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.log and self.min <= 0:
+            raise ValueError("a log range needs min > 0")
+        return self
+
+
+Choice = list[float] | RangeSpec
+
+
+class SearchSpace(_Strict):
+    lora_rank: list[int] | RangeSpec = Field(default_factory=lambda: [8, 16])
+    learning_rate: list[float] | RangeSpec = Field(default_factory=lambda: [2e-4])
+    epochs: list[int] | RangeSpec = Field(default_factory=lambda: [1])
+
+    @field_validator("lora_rank", "learning_rate", "epochs")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("needs at least one value")
+            if any(v <= 0 for v in value):
+                raise ValueError("values must be > 0")
+        return value
+
+
+class Resources(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class SweepConfig(_Strict):
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    search: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    resources_per_trial: Resources = Field(default_factory=Resources)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid_needs_lists(self) -> "SweepConfig":
+        if self.search == "grid":
+            for name in ("lora_rank", "learning_rate", "epochs"):
+                if isinstance(getattr(self.space, name), RangeSpec):
+                    raise ValueError(f"space.{name}: a grid search needs a list; use search: random for a range")
+        return self
+
+
+class RankKey(_Strict):
+    metric: str
+    mode: Literal["min", "max"] = "min"
+
+
+class SelectConfig(_Strict):
+    rule: list[RankKey] = Field(
+        default_factory=lambda: [RankKey(metric="eval_loss", mode="min")],
+        description="Ordered ranking keys; ties on the first are broken by the next.")
+
+
+class ExportConfig(_Strict):
+    onnx: bool = True
+
+
+class EvalConfig(_Strict):
+    max_new_tokens: int = Field(192, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many test records.")
+    batch_size: int = Field(8, gt=0)
+
+
+class GateConfig(_Strict):
+    min: dict[str, float] = Field(
+        default_factory=dict, description="metric -> lowest value the tuned model may reach to be published.")
+
+
+class DomainConfig(_Strict):
+    name: str
+    description: str = ""
+    base_model: str = Field("tiny", description="'tiny' (embedded default), a hub id or a local path.")
+    system_prompt: str
+    data: DataConfig
+    output_schema: str = Field(description="JSON Schema file, relative to the YAML file.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    source_file: str = Field("", description="Set by load_domain: the YAML this config came from.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not DOMAIN_NAME_RE.fullmatch(name):
+            raise ValueError(f"domain name {name!r} must match {DOMAIN_NAME_RE.pattern}")
+        return name
+
+    def resolve(self, relative: str) -> str:
+        """A path relative to the YAML file (URIs are returned unchanged)."""
+        if "://" in relative or Path(relative).is_absolute():
+            return relative
+        return str(Path(self.source_file).parent / relative)
+
+    @property
+    def data_path(self) -> str:
+        return self.resolve(self.data.path)
+
+    @property
+    def schema_path(self) -> str:
+        return self.resolve(self.output_schema)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.max_steps=20", "sweep.space.learning_rate=[1e-9]"]`` -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {part} is set twice")
+        node[parts[-1]] = _yaml_value(raw, f"--set {pair!r}")
+    return nested
+
+
+def _yaml_value(raw: str, where: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not a YAML value: {exc}") from exc
+    return _numbers(value)
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-9`` as a string; users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value) else value
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> DomainConfig:
+    """Read, override and validate one domain YAML. Raises ConfigError naming the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    raw = _numbers(_merge(raw, overrides or {}))
+    raw["source_file"] = str(path.resolve())
+    try:
+        cfg = DomainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
+    for label, ref in (("data.path", cfg.data_path), ("output_schema", cfg.schema_path)):
+        if "://" not in ref and not Path(ref).is_file():
+            raise ConfigError(f"{path}: {label}: file not found: {ref}")
+    return cfg
+
+
+def find_domain_files(config_dir: str | Path, domains: list[str] | None = None) -> list[Path]:
+    """The domain YAML files to run: every ``*.yaml`` in config_dir, or just the named ones."""
+    config_dir = Path(config_dir)
+    files = sorted(config_dir.glob("*.yaml")) + sorted(config_dir.glob("*.yml"))
+    if not files:
+        raise ConfigError(f"{config_dir}: no *.yaml domain files")
+    if domains:
+        by_stem = {f.stem: f for f in files}
+        missing = [d for d in domains if d not in by_stem]
+        if missing:
+            raise ConfigError(f"{config_dir}: no domain file for {', '.join(missing)} "
+                              f"(have: {', '.join(sorted(by_stem))})")
+        files = [by_stem[d] for d in domains]
+    return files

@@ -1,0 +1,210 @@
+"""Data preparation: format adapters -> chat examples -> governance -> group split -> manifest.
+
+Every record becomes one ``Example``: the prompt messages (system + user turns) and the
+assistant's answer, which is the JSON the model must learn to produce.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+from lorafleet import governance
+from lorafleet.config import DomainConfig
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A record cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    group: str
+    prompt: list[dict[str, str]]
+    completion: str
+    line: int
+
+    @property
+    def user_text(self) -> str:
+        return "\n".join(m["content"] for m in self.prompt if m["role"] == "user")
+
+    def as_trl(self) -> dict[str, Any]:
+        """TRL's conversational prompt-completion form (loss on the completion only)."""
+        return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
+
+
+@dataclass
+class DatasetManifest:
+    domain: str
+    source: str
+    format: str
+    seed: int
+    dataset_version: str
+    records_read: int
+    counts: dict[str, int]
+    groups: dict[str, int]
+    drops: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    manifest: DatasetManifest
+
+    def split(self, name: str) -> list[Example]:
+        return getattr(self, name)
+
+
+# ---- format adapters: record -> (prompt turns, answer) ------------------------------------------
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def _turns_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    turns = record["messages"]
+    if not isinstance(turns, list):
+        raise KeyError("messages (a list)")
+    return [{"role": t["role"], "content": t["content"]} for t in turns]
+
+
+def _turns_conversations(record: dict[str, Any]) -> list[dict[str, str]]:
+    turns = record["conversations"]
+    if not isinstance(turns, list):
+        raise KeyError("conversations (a list)")
+    out = []
+    for t in turns:
+        if t["from"] not in _SHAREGPT_ROLES:
+            raise ValueError(f"unknown speaker {t['from']!r} (expected one of {sorted(_SHAREGPT_ROLES)})")
+        out.append({"role": _SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return out
+
+
+def _turns_alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
+    user = record["instruction"]
+    if record.get("input"):
+        user = f"{user}\n\n{record['input']}"
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+
+
+ADAPTERS = {"messages": _turns_messages, "conversations": _turns_conversations, "alpaca": _turns_alpaca}
+
+
+def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
+    """One raw record -> Example. Raises KeyError/ValueError/TypeError on a malformed record."""
+    turns = ADAPTERS[cfg.data.format](record)
+    if cfg.data.group_key not in record:
+        raise KeyError(cfg.data.group_key)
+    for t in turns:
+        if t["role"] not in ("system", "user", "assistant") or not isinstance(t["content"], str):
+            raise ValueError(f"bad turn {t!r}: role must be system/user/assistant and content a string")
+    if not turns or turns[-1]["role"] != "assistant":
+        raise ValueError("the last turn must be the assistant's answer")
+    prompt = turns[:-1]
+    if not any(t["role"] == "user" for t in prompt):
+        raise ValueError("no user turn before the answer")
+    if prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": cfg.system_prompt}] + prompt
+    answer = turns[-1]["content"].strip()
+    group = str(record[cfg.data.group_key])
+    row_id = hashlib.sha256(json.dumps([prompt, answer], ensure_ascii=False).encode()).hexdigest()[:16]
+    return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line)
+
+
+def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-blank JSONL line; DataError names file:line otherwise."""
+    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid JSON: {exc.msg} (column {exc.colno})") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            yield line_no, record
+
+
+def load_examples(cfg: DomainConfig) -> tuple[list[Example], int]:
+    examples, n_read = [], 0
+    for line_no, record in read_records(cfg.data_path):
+        n_read += 1
+        try:
+            examples.append(to_example(record, cfg, line_no))
+        except KeyError as exc:
+            raise DataError(f"{cfg.data_path}:{line_no}: missing field {exc.args[0]!r} "
+                            f"for format {cfg.data.format!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{cfg.data_path}:{line_no}: {exc}") from exc
+    if not examples:
+        raise DataError(f"{cfg.data_path}: no records")
+    return examples, n_read
+
+
+def split_by_group(examples: list[Example], ratios: dict[str, float], seed: int) -> dict[str, list[Example]]:
+    """Assign whole groups to splits: shuffle the sorted group ids with the seed, cut by ratio."""
+    groups = sorted({e.group for e in examples})
+    if len(groups) < len(SPLITS):
+        raise DataError(f"need at least {len(SPLITS)} distinct groups to split, found {len(groups)}")
+    random.Random(seed).shuffle(groups)
+    n_test = max(1, round(ratios["test"] * len(groups)))
+    n_val = max(1, round(ratios["val"] * len(groups)))
+    assignment = {g: "test" for g in groups[:n_test]}
+    assignment.update({g: "val" for g in groups[n_test:n_test + n_val]})
+    assignment.update({g: "train" for g in groups[n_test + n_val:]})
+    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for e in examples:
+        out[assignment[e.group]].append(e)
+    return out
+
+
+def dataset_version(splits: dict[str, list[Example]]) -> str:
+    """sha256 over the normalised rows, in a fixed order, with their split."""
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        for e in sorted(splits[name], key=lambda e: e.id):
+            digest.update(json.dumps([name, e.group, e.prompt, e.completion], ensure_ascii=False).encode())
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedData:
+    """Read, validate, govern and split one domain's data; write the splits and manifest to out_dir."""
+    examples, n_read = load_examples(cfg)
+    schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
+    examples, drops = governance.drop_invalid_answers(examples, schema)
+    examples, dup_drops = governance.dedup_exact(examples)
+    splits = split_by_group(examples, cfg.data.splits, cfg.data.seed)
+    splits, leak_drops = governance.drop_cross_split_leaks(splits)
+    drops += dup_drops + leak_drops
+    for name in SPLITS:
+        if not splits[name]:
+            raise DataError(f"{cfg.data_path}: the {name} split is empty after governance")
+    manifest = DatasetManifest(
+        domain=cfg.name, source=cfg.data_path, format=cfg.data.format, seed=cfg.data.seed,
+        dataset_version=dataset_version(splits), records_read=n_read,
+        counts={s: len(splits[s]) for s in SPLITS},
+        groups={s: len({e.group for e in splits[s]}) for s in SPLITS}, drops=drops)
+    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest)
+    if out_dir is not None:
+        write_prepared(prepared, Path(out_dir))
+    return prepared
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            for e in prepared.split(name):
+                handle.write(json.dumps(asdict(e), ensure_ascii=False) + "\n")
+    (out_dir / "dataset_manifest.json").write_text(json.dumps(asdict(prepared.manifest), indent=2, ensure_ascii=False))

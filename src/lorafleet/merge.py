@@ -1,0 +1,37 @@
+"""Merge the winning LoRA adapter into its base: base reloaded in 16-bit (never into 4-bit weights),
+adapter applied, ``merge_and_unload``, saved as safetensors with the tokenizer and a snapshot."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lorafleet.base_model import resolve_base_model
+
+log = logging.getLogger(__name__)
+
+MARKER = "lorafleet_merge.json"
+
+
+def merge_16bit(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float16",
+                snapshot: dict[str, Any] | None = None) -> Path:
+    """Write the merged model to out_dir; reuse it when out_dir already holds this adapter's merge."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir, adapter_dir = Path(out_dir), Path(adapter_dir)
+    adapter_sha = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    record = {"base_model": base_model, "adapter_sha256": adapter_sha, "dtype": dtype, **(snapshot or {})}
+    marker = out_dir / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == record:
+        log.info("merge: %s already holds this merge; skipping", out_dir)
+        return out_dir
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_model(base_model), dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
+    marker.write_text(json.dumps(record, indent=2))
+    return out_dir

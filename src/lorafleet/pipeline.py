@@ -1,0 +1,186 @@
+"""The recipe: configs -> data -> one sweep for every domain -> per domain: winner, merge, ONNX,
+evaluation, gate, report, publish -> run summary. Read top to bottom."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lorafleet import data as data_mod
+from lorafleet import evaluate, export, gate, merge, publish, report, select, sweep
+from lorafleet.base_model import ensure_tiny_base, resolve_base_model
+from lorafleet.config import ConfigError, DomainConfig, find_domain_files, load_domain
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+@dataclass
+class RunOptions:
+    config_files: list[Path]
+    overrides: dict[str, Any]
+    storage: str
+    run_id: str
+    work_dir: Path
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": error, "trials": [], "winner": None, "metrics": {},
+            "onnx_parity": None, "gate": None, "artifacts": {}}
+
+
+def load_configs(files: list[Path], overrides: dict[str, Any]) -> tuple[dict[str, DomainConfig], dict[str, str]]:
+    """Every config that validates, and an error per file that does not (keyed by the file's stem)."""
+    configs, errors = {}, {}
+    for path in files:
+        try:
+            cfg = load_domain(path, overrides)
+        except ConfigError as exc:
+            errors[path.stem] = str(exc)
+            continue
+        if cfg.name in configs:
+            errors[path.stem] = f"{path}: name {cfg.name!r} is already used by {configs[cfg.name].source_file}"
+            continue
+        configs[cfg.name] = cfg
+    return configs, errors
+
+
+def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[str, sweep.DomainPlan], dict[str, str]]:
+    plans, errors = {}, {}
+    for name, cfg in configs.items():
+        try:
+            prepared = data_mod.prepare(cfg, work_dir / name / "data")
+        except (data_mod.DataError, OSError) as exc:
+            errors[name] = str(exc)
+            continue
+        m = prepared.manifest
+        log.info("[%s] data: %d records -> train %d / val %d / test %d, %d dropped, version %s", name,
+                 m.records_read, m.counts["train"], m.counts["val"], m.counts["test"], len(m.drops),
+                 m.dataset_version[:12])
+        plans[name] = sweep.DomainPlan(cfg, prepared)
+    return plans, errors
+
+
+def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], run_id: str, storage_uri: str,
+                  work_dir: Path) -> dict[str, Any]:
+    """Winner -> merge -> ONNX -> evaluate -> gate -> report -> publish, for one domain (a Ray task)."""
+    cfg, prepared = plan.cfg, plan.data
+    name = cfg.name
+    out = work_dir / name
+    trials = [{"hparams": o.hparams, "metrics": o.metrics, **({"error": o.error} if o.error else {})}
+              for o in outcomes]
+    winner = outcomes[select.pick_winner(trials, cfg.select.rule)]
+    log.info("[%s] winner %s (%s)", name, winner.hparams, {k: winner.metrics.get(k) for k in ("eval_loss",)})
+
+    adapter_dir = out / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    winner.checkpoint.to_directory(str(adapter_dir))
+    log.info("[%s] merging adapter into the 16-bit base", name)
+    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged",
+                                   snapshot={"winner": winner.hparams, "config": cfg.model_dump(mode="json")})
+    (out / "merged" / "lorafleet_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+    schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
+    test = prepared.test[: cfg.eval.max_examples] if cfg.eval.max_examples else prepared.test
+    eval_dir = out / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    metrics, rows = {}, {}
+
+    def run_eval(kind: str, model, tokenizer) -> None:
+        log.info("[%s] evaluating %s model on %d test records", name, kind, len(test))
+        metrics[kind], rows[kind] = evaluate.evaluate_model(
+            model, tokenizer, test, schema, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        with open(eval_dir / f"{kind}.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[kind])
+        log.info("[%s] %s: %s", name, kind, {k: round(v, 3) for k, v in metrics[kind].items()})
+
+    run_eval("base", *evaluate.load_torch_model(resolve_base_model(cfg.base_model)))
+    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir))
+    run_eval("tuned", tuned_model, tokenizer)
+    parity = None
+    if cfg.export.onnx:
+        log.info("[%s] exporting to ONNX", name)
+        onnx_dir = export.to_onnx(merged_dir, out / "onnx")
+        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
+        parity = export.check_parity(tuned_model, onnx_model, tokenizer, test[:8])
+        log.info("[%s] ONNX parity: %s", name, parity)
+        run_eval("onnx", onnx_model, onnx_tokenizer)
+
+    verdict = gate.decide(metrics["tuned"], cfg.gate)
+    status = "published" if verdict["passed"] else "gated"
+    storage = publish.Storage(storage_uri)
+    prefix = publish.domain_prefix(run_id, name)
+    artifacts = {"adapter": storage.url(f"{prefix}/adapter"), "merged": storage.url(f"{prefix}/merged"),
+                 "onnx": storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
+                 "report": storage.url(f"{prefix}/report.md"), "data": storage.url(f"{prefix}/data")}
+    domain_summary = {"status": status, "error": None, "trials": trials, "winner": winner.hparams,
+                      "metrics": metrics, "onnx_parity": parity, "gate": verdict, "artifacts": artifacts}
+    failing = [r for r, ok in zip(rows["tuned"], _schema_ok(rows["tuned"], schema)) if not ok][:5]
+    report.write_reports({
+        "run_id": run_id,
+        "domain": {"name": name, "description": cfg.description, "base_model": cfg.base_model, "status": status,
+                   "error": None},
+        **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "gate")},
+        "data": asdict(prepared.manifest), "config": cfg.model_dump(mode="json"),
+        "histories": {str(i): o.history for i, o in enumerate(outcomes)}, "failing_examples": failing,
+    }, out)
+    publish.publish_domain(storage, run_id, name, out, extra={"status": status})
+    return domain_summary
+
+
+def _schema_ok(rows: list[dict[str, Any]], schema: dict) -> list[bool]:
+    return [evaluate.score([r["got"]], [r["expected"]], schema)["schema_pass_rate"] == 1.0 for r in rows]
+
+
+def run(opts: RunOptions) -> dict[str, Any]:
+    """The whole job. Needs a connected Ray (``ray.init`` done by the caller)."""
+    import ray
+
+    started = time.time()
+    domains: dict[str, dict[str, Any]] = {}
+
+    configs, errors = load_configs(opts.config_files, opts.overrides)
+    plans, data_errors = prepare_all(configs, opts.work_dir)
+    for name, error in {**errors, **data_errors}.items():
+        log.error("[%s] %s", name, error)
+        domains[name] = _failed(error)
+
+    if plans:
+        for ref in sorted({p.cfg.base_model for p in plans.values()}):
+            if ref == "tiny":
+                log.info("base model: building or reusing the embedded tiny model")
+                ensure_tiny_base()
+        outcomes = sweep.run_sweep(plans, storage_path=str((opts.work_dir / "tune").resolve()), name=opts.run_id)
+        finish = ray.remote(finish_domain).options(num_cpus=1, max_retries=0)
+        pending = {}
+        for name, plan in plans.items():
+            ok = [o for o in outcomes[name] if o.metrics and o.checkpoint is not None]
+            if not ok:
+                errs = "; ".join(o.error or "no result" for o in outcomes[name])
+                domains[name] = {**_failed(f"every trial failed: {errs}"),
+                                 "trials": [{"hparams": o.hparams, "metrics": {}, "error": o.error}
+                                            for o in outcomes[name]]}
+                continue
+            pending[name] = finish.remote(plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir)
+        for name, ref in pending.items():
+            try:
+                domains[name] = ray.get(ref)
+            except Exception as exc:  # one domain's failure must not sink the others
+                cause = getattr(exc, "cause", None) or exc
+                log.error("[%s] failed after training: %s", name, cause)
+                domains[name] = _failed(f"{type(cause).__name__}: {cause}")
+
+    failed = sum(d["status"] == "failed" for d in domains.values())
+    status = "succeeded" if failed == 0 else ("failed" if failed == len(domains) else "partial")
+    summary = {"run_id": opts.run_id, "status": status, "seconds": round(time.time() - started, 1),
+               "storage": opts.storage, "domains": dict(sorted(domains.items()))}
+    summary["summary_uri"] = publish.write_summary(publish.Storage(opts.storage), opts.run_id, summary)
+    return summary

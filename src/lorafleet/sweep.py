@@ -1,0 +1,120 @@
+"""Ray Tune sweep over every domain's search space at once.
+
+All domains' trials go into one Tuner, so they share the cluster concurrently instead of running
+one domain after another; each trial gets its domain's ``resources_per_trial``. The trial function
+is stock: ``train_trial`` with a callback that reports every evaluation to Tune, and the adapter
+reported last as the trial's checkpoint (stored in the run's storage, so any node can read it).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorafleet.config import DomainConfig, RangeSpec
+from lorafleet.data import PreparedData
+from lorafleet.train import HParams
+
+log = logging.getLogger(__name__)
+
+SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
+
+
+@dataclass
+class DomainPlan:
+    cfg: DomainConfig
+    data: PreparedData
+
+
+@dataclass
+class TrialOutcome:
+    hparams: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint: Any  # ray.tune.Checkpoint of the adapter, wherever the run's storage is
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _sample(spec: list | RangeSpec, rng: random.Random) -> float:
+    if isinstance(spec, list):
+        return rng.choice(spec)
+    if spec.log:
+        value = math.exp(rng.uniform(math.log(spec.min), math.log(spec.max)))
+    else:
+        value = rng.uniform(spec.min, spec.max)
+    return round(value) if spec.integer else value
+
+
+def trial_hparams(cfg: DomainConfig) -> list[HParams]:
+    """The domain's trials: the full grid (times num_samples), or num_samples random draws (seeded)."""
+    space = cfg.sweep.space
+    if cfg.sweep.search == "grid":
+        grid = list(itertools.product(*(getattr(space, k) for k in SPACE_KEYS)))
+        combos = grid * cfg.sweep.num_samples
+    else:
+        rng = random.Random(cfg.sweep.seed)
+        combos = [tuple(_sample(getattr(space, k), rng) for k in SPACE_KEYS) for _ in range(cfg.sweep.num_samples)]
+    return [HParams.from_dict(dict(zip(SPACE_KEYS, combo))) for combo in combos]
+
+
+def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
+    """One trial, in its own Ray worker process."""
+    from ray import tune
+    from transformers import TrainerCallback
+
+    from lorafleet.train import train_trial
+
+    class ReportToTune(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics:
+                tune.report({**metrics, "step": state.global_step})
+
+    spec = config["trial"]
+    plan = plans[spec["domain"]]
+    work = Path(tune.get_context().get_trial_dir()) / "work"
+    result = train_trial(plan.cfg.base_model, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
+                         plan.data.val, work, callbacks=[ReportToTune()])
+    final = {**result.metrics, "backend": result.backend, "history": result.history, "step": result.metrics["steps"]}
+    tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
+
+
+def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
+              verbose: int = 1) -> dict[str, list[TrialOutcome]]:
+    """Run every domain's trials in one Tuner; return the outcomes grouped by domain."""
+    from ray import tune
+    from ray.tune import PlacementGroupFactory
+
+    trials = [{"domain": d, **vars(hp)} for d, plan in plans.items() for hp in trial_hparams(plan.cfg)]
+    log.info("sweep: %d trials over %d domains", len(trials), len(plans))
+
+    def resources(config: dict[str, Any]) -> PlacementGroupFactory:
+        res = plans[config["trial"]["domain"]].cfg.sweep.resources_per_trial
+        return PlacementGroupFactory([{"CPU": res.cpu, "GPU": res.gpu}])
+
+    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                  verbose=verbose, failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    grid = tuner.fit()
+    outcomes: dict[str, list[TrialOutcome]] = {d: [] for d in plans}
+    for result in grid:
+        spec = dict(result.config["trial"])
+        domain = spec.pop("domain")
+        metrics = dict(result.metrics or {})
+        history = metrics.pop("history", [])
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
+        keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not k.startswith(
+            ("time_", "timestamp", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
+             "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint"))}
+        outcomes[domain].append(TrialOutcome(
+            hparams=spec, metrics=keep if error is None and result.checkpoint else {},
+            checkpoint=result.checkpoint, error=error, history=history))
+    return outcomes

@@ -1,0 +1,175 @@
+"""One fine-tuning trial: stock TRL SFTTrainer + LoRA. Knows nothing about Ray Tune.
+
+Backends:
+- ``unsloth``: Unsloth's FastLanguageModel (4-bit NF4 base, its gradient checkpointing); CUDA only.
+- ``peft``: transformers + peft; on CUDA the base loads in 4-bit through bitsandbytes (QLoRA),
+  on CPU in full precision (plain LoRA).
+``auto`` picks unsloth when CUDA and the package are there, else peft.
+Unsloth patches transformers/peft/trl process-wide when imported, so it is imported here only,
+inside the trial's own worker process, and never by merge/export/evaluate.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorafleet.base_model import resolve_base_model
+from lorafleet.config import TrainConfig
+from lorafleet.data import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HParams:
+    lora_rank: int
+    learning_rate: float
+    epochs: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HParams":
+        return cls(lora_rank=int(d["lora_rank"]), learning_rate=float(d["learning_rate"]), epochs=int(d["epochs"]))
+
+
+@dataclass
+class TrialResult:
+    hparams: HParams
+    backend: str
+    adapter_dir: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "hparams": asdict(self.hparams)}
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(requested: str) -> str:
+    if requested != "auto":
+        if requested == "unsloth" and not cuda_available():
+            raise RuntimeError("train.backend: unsloth needs a CUDA GPU; use backend: peft or auto on CPU")
+        return requested
+    if cuda_available() and importlib.util.find_spec("unsloth") is not None:
+        return "unsloth"
+    return "peft"
+
+
+def _use_4bit(train_cfg: TrainConfig) -> bool:
+    if train_cfg.load_in_4bit == "auto":
+        return cuda_available()
+    if train_cfg.load_in_4bit and not cuda_available():
+        raise RuntimeError("train.load_in_4bit: true needs CUDA (bitsandbytes); use auto or false on CPU")
+    return bool(train_cfg.load_in_4bit)
+
+
+def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, seed: int):
+    from unsloth import FastLanguageModel  # noqa: import here only (see module docstring)
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None,
+        load_in_4bit=_use_4bit(train_cfg))
+    model = FastLanguageModel.get_peft_model(
+        model, r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
+        lora_dropout=train_cfg.lora_dropout,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth", random_state=seed, bias="none")
+    return model, tokenizer, None
+
+
+def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if _use_4bit(train_cfg):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)
+        kwargs["dtype"] = torch.bfloat16
+    elif cuda_available():
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    lora = LoraConfig(r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
+                      lora_dropout=train_cfg.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    return model, tokenizer, lora
+
+
+def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
+                val: list[Example], out_dir: str | Path, callbacks: list | None = None) -> TrialResult:
+    """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir = Path(out_dir)
+    backend = choose_backend(train_cfg.backend)
+    base_path = resolve_base_model(base_model)
+    if backend == "unsloth":
+        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, train_cfg.seed)
+    else:
+        model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
+    on_cuda = cuda_available()
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=train_cfg.batch_size,
+        per_device_eval_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=train_cfg.max_steps or -1,
+        max_length=train_cfg.max_seq_length,
+        lr_scheduler_type="cosine",
+        warmup_ratio=train_cfg.warmup_ratio,
+        weight_decay=train_cfg.weight_decay,
+        eval_strategy="steps",
+        eval_steps=train_cfg.eval_steps,
+        logging_steps=max(1, train_cfg.eval_steps // 4),
+        save_strategy="no",
+        report_to=[],
+        seed=train_cfg.seed,
+        use_cpu=not on_cuda,
+        bf16=on_cuda,
+        gradient_checkpointing=on_cuda and backend == "peft",
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_list([e.as_trl() for e in train]),
+        eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
+        callbacks=callbacks or [])
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
+    started = time.perf_counter()
+    trainer.train()
+    final = trainer.evaluate()
+    seconds = time.perf_counter() - started
+    adapter_dir = out_dir / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds,
+               "steps": trainer.state.global_step}
+    history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
+    (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
+        {"hparams": asdict(hp), "backend": backend, "base_model": base_model, "metrics": metrics}, indent=2))
+    del trainer, model
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return TrialResult(hparams=hp, backend=backend, adapter_dir=str(adapter_dir), metrics=metrics, history=history)
