@@ -1,0 +1,68 @@
+"""Shared fixtures. Caches that libraries write under $HOME/$TMPDIR are pointed into pytest's temp dirs."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS_DIR = REPO / "configs" / "domains"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches(tmp_path_factory):
+    """Keep the test run off the user's caches (the tiny base model is built once per session)."""
+    root = tmp_path_factory.mktemp("caches")
+    saved = {k: os.environ.get(k) for k in ("LORAFLEET_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    os.environ.setdefault("LORAFLEET_CACHE", str(root / "lorafleet"))
+    os.environ["HF_HOME"] = str(root / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def small_base(tmp_path_factory) -> Path:
+    """A very small pretrained-from-nothing base (seconds to build), for tests that train."""
+    from lorafleet.base_model import DEFAULT_CORPUS, TinySpec, ensure_tiny_base
+
+    spec = TinySpec(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, pretrain_epochs=1, pretrain_batch_size=32)
+    return ensure_tiny_base(spec, DEFAULT_CORPUS, tmp_path_factory.mktemp("small-base"))
+
+
+@pytest.fixture
+def domain_copy(tmp_path):
+    """Copy a bundled domain (YAML + its folder) into tmp_path so a test may change it."""
+
+    def copy(name: str) -> Path:
+        shutil.copy(DOMAINS_DIR / f"{name}.yaml", tmp_path / f"{name}.yaml")
+        shutil.copytree(DOMAINS_DIR / name, tmp_path / name, dirs_exist_ok=True)
+        return tmp_path / f"{name}.yaml"
+
+    return copy

@@ -1,0 +1,128 @@
+"""The bundled synthetic domain datasets: size, schema validity, grounding and reproducibility."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+DOMAINS_DIR = CONFIGS / "domains"
+SCRIPT = ROOT / "scripts" / "generate_domain_data.py"
+
+# name -> (format, group key)
+DOMAINS = {
+    "contracts": ("messages", "contract_id"),
+    "medical": ("conversations", "patient_id"),
+    "financial": ("messages", "company_id"),
+    "legal": ("conversations", "case_id"),
+    "story_summary": ("alpaca", "source_video_id"),
+}
+
+
+def _records(name: str) -> list[dict]:
+    lines = (DOMAINS_DIR / name / "data.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _input_answer(record: dict, fmt: str) -> tuple[str, str]:
+    if fmt == "messages":
+        user, assistant = record["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        return user["content"], assistant["content"]
+    if fmt == "conversations":
+        human, gpt = record["conversations"]
+        assert (human["from"], gpt["from"]) == ("human", "gpt")
+        return human["value"], gpt["value"]
+    assert record["instruction"]
+    return record["input"], record["output"]
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_domain_has_enough_records(name: str) -> None:
+    fmt, group_key = DOMAINS[name]
+    records = _records(name)
+    assert len(records) >= 300
+    for record in records:
+        assert record[group_key]
+        _input_answer(record, fmt)
+    groups = {record[group_key] for record in records}
+    assert 10 <= len(groups) < len(records), "records must share group keys"
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_answers_validate_against_schema(name: str) -> None:
+    fmt, _ = DOMAINS[name]
+    schema = json.loads((DOMAINS_DIR / name / "schema.json").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == set(schema["properties"])
+    validator = Draft202012Validator(schema)
+    for i, record in enumerate(_records(name)):
+        _, answer = _input_answer(record, fmt)
+        errors = [e.message for e in validator.iter_errors(json.loads(answer))]
+        assert not errors, f"{name} record {i}: {errors}"
+
+
+def test_story_evidence_is_verbatim() -> None:
+    for i, record in enumerate(_records("story_summary")):
+        answer = json.loads(record["output"])
+        for quote in answer["evidence"]:
+            assert quote in record["input"], f"record {i}: {quote!r} not in input"
+
+
+@pytest.mark.parametrize("name", ["contracts", "medical", "financial", "legal"])
+def test_answer_values_are_read_from_input(name: str) -> None:
+    fmt, _ = DOMAINS[name]
+    for record in _records(name):
+        text, answer_text = _input_answer(record, fmt)
+        answer = json.loads(answer_text)
+        if name == "contracts":
+            wanted = [*answer["parties"], f"{answer['amount']:,}", answer["currency"], str(answer["term_months"]),
+                      answer["governing_law"]]
+            assert text.index(answer["parties"][0]) < text.index(answer["parties"][1])
+        elif name == "medical":
+            wanted = [answer["diagnosis"], f"{answer['follow_up_days']} days"]
+            wanted += [f"{m['name']} {m['dose']}" for m in answer["medications"]]
+        elif name == "financial":
+            wanted = [answer["company"], f"{answer['revenue']:,.1f} million", f"{abs(answer['yoy_change_pct']):.1f}%"]
+        else:
+            wanted = [answer["court"], *answer["statutes_cited"]]
+        for value in wanted:
+            assert value in text, f"{value!r} not in {text!r}"
+
+
+def test_duplicates_are_exact_copies() -> None:
+    for name in DOMAINS:
+        lines = (DOMAINS_DIR / name / "data.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) - len(set(lines)) == 3, name
+
+
+def test_corpus_does_not_contain_dataset_records() -> None:
+    corpus = (CONFIGS / "tiny_base" / "corpus.txt").read_text(encoding="utf-8")
+    docs = corpus.strip("\n").split("\n\n")
+    assert len(docs) == 3000
+    assert len(corpus.encode("utf-8")) < 1_500_000
+    inputs = set()
+    for name, (fmt, _) in DOMAINS.items():
+        inputs.update(_input_answer(record, fmt)[0] for record in _records(name))
+    for doc in docs:
+        text, answer = doc.split("\n")
+        json.loads(answer)
+        assert text not in inputs
+
+
+def test_generator_reproduces_bundled_files(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), "--out-dir", str(tmp_path)], check=True, capture_output=True)
+    generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "configs").rglob("*") if p.is_file())
+    expected = [Path("configs/tiny_base/corpus.txt")]
+    for name in DOMAINS:
+        expected += [Path(f"configs/domains/{name}.yaml"), Path(f"configs/domains/{name}/data.jsonl"),
+                     Path(f"configs/domains/{name}/schema.json")]
+    assert generated == sorted(expected)
+    for rel in generated:
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the bundled file"
