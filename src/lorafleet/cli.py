@@ -72,7 +72,8 @@ def cmd_run(args) -> int:
                       storage=storage, run_id=run_id, work_dir=work_dir.resolve())
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}} if args.address is None else None)
+                 runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging",
+                              "env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     summary = run(opts)
     print_summary(summary)
     return 0 if summary["status"] == "succeeded" else 1
@@ -97,9 +98,16 @@ def print_summary(summary: dict) -> None:
     print(f"summary: {summary['summary_uri']}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """Also Ray's worker_process_setup_hook, so stage progress from trials and domain tasks reaches the driver."""
     logging.basicConfig(level=os.environ.get("LORAFLEET_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("torch.onnx", "optimum", "transformers"):  # export/tracing chatter; errors still show
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "validate":

@@ -82,6 +82,11 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
 
 
+def _trial_name(trial) -> str:
+    t = trial.config["trial"]
+    return f"{t['domain']}-r{t['lora_rank']}-lr{t['learning_rate']:g}-e{t['epochs']}-{trial.trial_id}"
+
+
 def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
               verbose: int = 1) -> dict[str, list[TrialOutcome]]:
     """Run every domain's trials in one Tuner; return the outcomes grouped by domain."""
@@ -99,7 +104,8 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(reuse_actors=False),
+        tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                                   verbose=verbose, failure_config=tune.FailureConfig(max_failures=1)),
     )
