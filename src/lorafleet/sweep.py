@@ -68,12 +68,16 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
 
     from lorafleet.train import train_trial
 
+    spec = config["trial"]
+    label = f"[{spec['domain']}] trial r{spec['lora_rank']} lr{spec['learning_rate']:g} e{spec['epochs']}"
+
     class ReportToTune(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
+                log.info("%s: step %d/%d eval_loss %.4f", label, state.global_step, state.max_steps,
+                         metrics.get("eval_loss", float("nan")))
                 tune.report({**metrics, "step": state.global_step})
 
-    spec = config["trial"]
     plan = plans[spec["domain"]]
     work = Path(tune.get_context().get_trial_dir()) / "work"
     result = train_trial(plan.cfg.base_model, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
