@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_domain_args(val)
     tiny = sub.add_parser("make-tiny-base", help="build the embedded tiny base model into DIR")
     tiny.add_argument("dir")
+    ver = sub.add_parser("verify", help="re-hash a published run's or domain's objects against their manifests")
+    ver.add_argument("uri", help="<storage>/runs/<run_id> or <storage>/runs/<run_id>/<domain>")
+    fetch = sub.add_parser("fetch", help="download a domain's ONNX model (default: latest), verifying hashes")
+    fetch.add_argument("domain")
+    fetch.add_argument("dest", help="new folder to create")
+    fetch.add_argument("--storage", default=DEFAULT_STORAGE)
+    fetch.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
+    fetch.add_argument("--artifact", default="onnx", choices=["onnx", "merged", "adapter"])
     return parser
 
 
@@ -79,6 +87,24 @@ def cmd_run(args) -> int:
     return 0 if summary["status"] == "succeeded" else 1
 
 
+def cmd_verify(args) -> int:
+    from lorafleet.publish import verify
+
+    problems = verify(args.uri)
+    for p in problems:
+        print(f"FAIL {p}")
+    print("ok: every object matches its manifest" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_fetch(args) -> int:
+    from lorafleet.publish import fetch
+
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    print(fetch(storage, args.domain, args.dest, run_id=args.run_id, artifact=args.artifact))
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     print(f"\nrun {summary['run_id']}: {summary['status']} in {summary['seconds']:.0f}s")
     for name, d in summary["domains"].items():
@@ -109,16 +135,22 @@ def configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
+    from lorafleet.publish import PublishError
+
     try:
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "fetch":
+            return cmd_fetch(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))
         return 0
-    except ConfigError as exc:
+    except (ConfigError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

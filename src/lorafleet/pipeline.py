@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet import data as data_mod
-from lorafleet import evaluate, export, gate, merge, publish, report, select, sweep
+from lorafleet import __version__, evaluate, export, gate, lineage, merge, publish, report, select, sweep
 from lorafleet.base_model import ensure_tiny_base, resolve_base_model
 from lorafleet.config import ConfigError, DomainConfig, find_domain_files, load_domain
 
@@ -70,7 +70,7 @@ def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[
 
 
 def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], run_id: str, storage_uri: str,
-                  work_dir: Path) -> dict[str, Any]:
+                  work_dir: Path, git_commit: str | None = None) -> dict[str, Any]:
     """Winner -> merge -> ONNX -> evaluate -> gate -> report -> publish, for one domain (a Ray task)."""
     cfg, prepared = plan.cfg, plan.data
     name = cfg.name
@@ -116,6 +116,17 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
 
     verdict = gate.decide(metrics["tuned"], cfg.gate)
     status = "published" if verdict["passed"] else "gated"
+    base_path = resolve_base_model(cfg.base_model)
+    record = {
+        "run_id": run_id, "lorafleet_version": __version__, "git_commit": git_commit,
+        "packages": lineage.package_versions(), "config": lineage.config_snapshot(cfg),
+        "config_sha256": lineage.config_sha256(cfg), "dataset_version": prepared.manifest.dataset_version,
+        "split_counts": prepared.manifest.counts,
+        "seeds": {"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed},
+        "base_model": cfg.base_model, "base_model_sha256": lineage.weights_sha256(base_path),
+        "winner": winner.hparams, "trial_count": len(outcomes), "backend": winner.metrics.get("backend"),
+        "merged_sha256": lineage.weights_sha256(merged_dir),
+    }
     storage = publish.Storage(storage_uri)
     prefix = publish.domain_prefix(run_id, name)
     artifacts = {"adapter": storage.url(f"{prefix}/adapter"), "merged": storage.url(f"{prefix}/merged"),
@@ -131,9 +142,24 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
         **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "gate")},
         "data": asdict(prepared.manifest), "config": cfg.model_dump(mode="json"),
         "histories": {str(i): o.history for i, o in enumerate(outcomes)}, "failing_examples": failing,
+        "lineage": record,
     }, out)
-    publish.publish_domain(storage, run_id, name, out, extra={"status": status})
+    (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(domain_summary, indent=2, ensure_ascii=False))
+    publish.publish_domain(storage, run_id, name, out, extra={"status": status, "lineage": record})
+    if status == "published":
+        publish.promote(storage, run_id, name)
     return domain_summary
+
+
+def resume_published(storage: publish.Storage, run_id: str, name: str) -> dict[str, Any] | None:
+    """A domain an earlier attempt of this run already published: its summary entry, with the latest
+    pointer moved if that attempt stopped between manifest and pointer. None when not published."""
+    if not publish.is_published(storage, run_id, name):
+        return None
+    entry = publish.read_domain_summary(storage, run_id, name)
+    if entry["status"] == "published":
+        publish.promote(storage, run_id, name)
+    return entry
 
 
 def _schema_ok(rows: list[dict[str, Any]], schema: dict) -> list[bool]:
@@ -145,6 +171,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
     import ray
 
     started = time.time()
+    storage = publish.Storage(opts.storage)
     domains: dict[str, dict[str, Any]] = {}
 
     configs, errors = load_configs(opts.config_files, opts.overrides)
@@ -152,13 +179,21 @@ def run(opts: RunOptions) -> dict[str, Any]:
     for name, error in {**errors, **data_errors}.items():
         log.error("[%s] %s", name, error)
         domains[name] = _failed(error)
+    for name in list(plans):
+        entry = resume_published(storage, opts.run_id, name)
+        if entry is not None:
+            log.info("[%s] already published by an earlier attempt of run %s; kept as it is", name, opts.run_id)
+            domains[name] = entry
+            del plans[name]
 
     if plans:
         for ref in sorted({p.cfg.base_model for p in plans.values()}):
             if ref == "tiny":
                 log.info("base model: building or reusing the embedded tiny model")
                 ensure_tiny_base()
-        outcomes = sweep.run_sweep(plans, storage_path=str((opts.work_dir / "tune").resolve()), name=opts.run_id)
+        tune_path, tune_fs = storage.tune_location(opts.run_id)
+        outcomes = sweep.run_sweep(plans, storage_path=tune_path, name="sweep", storage_filesystem=tune_fs)
+        commit = lineage.git_commit()
         finish = ray.remote(finish_domain).options(num_cpus=1, max_retries=0)
         pending = {}
         for name, plan in plans.items():
@@ -169,7 +204,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
                                  "trials": [{"hparams": o.hparams, "metrics": {}, "error": o.error}
                                             for o in outcomes[name]]}
                 continue
-            pending[name] = finish.remote(plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir)
+            pending[name] = finish.remote(plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir, commit)
         for name, ref in pending.items():
             try:
                 domains[name] = ray.get(ref)
@@ -182,5 +217,5 @@ def run(opts: RunOptions) -> dict[str, Any]:
     status = "succeeded" if failed == 0 else ("failed" if failed == len(domains) else "partial")
     summary = {"run_id": opts.run_id, "status": status, "seconds": round(time.time() - started, 1),
                "storage": opts.storage, "domains": dict(sorted(domains.items()))}
-    summary["summary_uri"] = publish.write_summary(publish.Storage(opts.storage), opts.run_id, summary)
+    summary["summary_uri"] = publish.write_summary(storage, opts.run_id, summary)
     return summary

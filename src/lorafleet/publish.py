@@ -1,8 +1,15 @@
 """The only code that talks to object storage (fsspec: a local folder, ``file://``, ``s3://``).
 
-A domain's artifacts go under ``<storage>/runs/<run_id>/<domain>/``. Each object is uploaded,
-then checked (size and sha256 read back); ``manifest.json`` listing every object is written
-last, so a domain without a manifest is not published and a reader never follows half of one.
+Layout under a storage root:
+    runs/<run_id>/summary.json
+    runs/<run_id>/tune/...                       Ray Tune results and trial checkpoints
+    runs/<run_id>/<domain>/...                   a domain's objects; its staging area until...
+    runs/<run_id>/<domain>/manifest.json         ...written last, by exclusive create: now it is published
+    domains/<domain>/latest.json                 -> the newest published run whose gate passed
+
+Readers follow ``latest.json`` -> ``manifest.json`` -> objects, and never list prefixes, so an upload
+that stopped half way is invisible to them. Credentials come from the environment or instance role
+(boto's own chain); nothing here reads, logs or stores them.
 """
 from __future__ import annotations
 
@@ -10,16 +17,20 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from lorafleet.config import DOMAIN_NAME_RE
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+DOMAIN_SUMMARY = "domain_summary.json"
 RUN_ID_RE = DOMAIN_NAME_RE  # run ids become keys too; same rule
 
 
@@ -27,38 +38,108 @@ class PublishError(RuntimeError):
     pass
 
 
+class AlreadyPublished(PublishError):
+    pass
+
+
+class VerifyError(PublishError):
+    pass
+
+
+def _check_name(label: str, value: str) -> str:
+    if not isinstance(value, str) or not RUN_ID_RE.fullmatch(value):
+        raise PublishError(f"{label} {value!r} is not a safe storage key (must match {RUN_ID_RE.pattern})")
+    return value
+
+
+def domain_prefix(run_id: str, domain: str) -> str:
+    return f"runs/{_check_name('run id', run_id)}/{_check_name('domain', domain)}"
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{_check_name('run id', run_id)}"
+
+
+def latest_key(domain: str) -> str:
+    return f"domains/{_check_name('domain', domain)}/latest.json"
+
+
 class Storage:
-    def __init__(self, uri: str):
-        self.uri = uri.rstrip("/") or uri
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
-        self.root = self.root.rstrip("/")
+    """A storage root and its filesystem. ``fs`` may be given (tests wrap one to inject faults)."""
+
+    def __init__(self, uri: str, fs: fsspec.AbstractFileSystem | None = None):
+        self.uri = uri.rstrip("/")
+        found_fs, root = fsspec.core.url_to_fs(self.uri)
+        self.fs = fs or found_fs
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(found_fs, LocalFileSystem)
 
     def url(self, key: str) -> str:
-        """A user-facing URI for a key (``s3://bucket/...`` or a local path)."""
+        """A user-facing URI for a key (``s3://bucket/...``, or a local path)."""
+        if self.is_local:
+            return f"{self.root}/{key}"
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        path = f"{self.root}/{key}"
-        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+        return f"{protocol}://{self.root}/{key}"
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.fs.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
-        with self.fs.open(self.path(key), "wb") as handle:
-            handle.write(data)
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.fs.open(self.path(key), "rb") as handle:
-            return handle.read()
-
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
+        self.fs.pipe_file(self.path(key), data)
+
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_bytes(key, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
+        self.write_bytes(key, _json_bytes(obj))
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """Write key only if it does not exist, atomically (S3 ``If-None-Match: *``; O_EXCL locally).
+        Raises FileExistsError when another writer got there first."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
+            with open(self.path(key), "xb") as handle:
+                handle.write(data)
+            return
+        try:
+            self.fs.pipe_file(self.path(key), data, mode="create")
+        except FileExistsError:
+            raise
+        except OSError as exc:  # s3fs reports the 412 PreconditionFailed as a plain OSError
+            if "PreconditionFailed" in str(exc) or "412" in str(exc) or "At least one of the pre-conditions" in str(exc):
+                raise FileExistsError(self.url(key)) from exc
+            raise
+
+    def upload_file(self, local: Path, key: str) -> None:
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
+        self.fs.put_file(str(local), self.path(key))
+
+    def tune_location(self, run_id: str) -> tuple[str, Any]:
+        """(storage_path, storage_filesystem) for Ray Tune, under this run's prefix. A local root gives a
+        plain path; any other filesystem is handed to pyarrow through fsspec, so one set of settings
+        (endpoint, credentials from the environment) serves both."""
+        key = f"{run_prefix(run_id)}/tune"
+        if self.is_local:
+            return str(Path(self.path(key)).resolve()), None
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return self.path(key), PyFileSystem(FSSpecHandler(self.fs))
 
 
-def _sha256_file(path: Path) -> str:
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False).encode("utf-8")
+
+
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -66,43 +147,155 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def domain_prefix(run_id: str, domain: str) -> str:
-    for label, value in (("run id", run_id), ("domain", domain)):
-        if not RUN_ID_RE.fullmatch(value):
-            raise PublishError(f"{label} {value!r} is not a safe storage key (must match {RUN_ID_RE.pattern})")
-    return f"runs/{run_id}/{domain}"
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- producer side ------------------------------------------------------------------------------
+
+def is_published(storage: Storage, run_id: str, domain: str) -> bool:
+    return storage.exists(f"{domain_prefix(run_id, domain)}/{MANIFEST}")
 
 
 def publish_domain(storage: Storage, run_id: str, domain: str, local_dir: str | Path,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Upload every file under local_dir, verify it, then write the manifest. Returns the manifest."""
+    """Upload every file under local_dir, verify size and sha256 of each stored object, then create the
+    manifest (exclusively: of two publishers of one run and domain, exactly one succeeds)."""
     prefix = domain_prefix(run_id, domain)
     local_dir = Path(local_dir)
-    if storage.exists(f"{prefix}/{MANIFEST}"):
-        raise PublishError(f"{storage.url(prefix)} is already published (run {run_id}, domain {domain})")
+    if is_published(storage, run_id, domain):
+        raise AlreadyPublished(f"run {run_id}, domain {domain}: already published at {storage.url(prefix)}")
     objects = []
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-    for path in files:
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(local_dir).as_posix()
-        key = f"{prefix}/{rel}"
-        sha, size = _sha256_file(path), path.stat().st_size
-        storage.fs.makedirs(os.path.dirname(storage.path(key)), exist_ok=True)
-        storage.fs.put_file(str(path), storage.path(key))
-        got = storage.fs.size(storage.path(key))
-        if got != size:
-            raise PublishError(f"{storage.url(key)}: uploaded {got} bytes, expected {size}")
-        objects.append({"key": rel, "bytes": size, "sha256": sha})
-    for obj in objects:  # read back: what consumers will get is what we hashed
-        if hashlib.sha256(storage.read_bytes(f"{prefix}/{obj['key']}")).hexdigest() != obj["sha256"]:
-            raise PublishError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 mismatch after upload")
-    manifest = {"run_id": run_id, "domain": domain, "objects": objects, **(extra or {})}
-    storage.write_json(f"{prefix}/{MANIFEST}", manifest)
+        if rel == MANIFEST:
+            continue
+        objects.append({"key": rel, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        storage.upload_file(path, f"{prefix}/{rel}")
+    problems = verify_objects(storage, prefix, objects)
+    if problems:
+        raise PublishError(f"run {run_id}, domain {domain}: upload did not verify: {'; '.join(problems)}")
+    manifest = {"run_id": run_id, "domain": domain, "published_at": _now(), **(extra or {}), "objects": objects}
+    try:
+        storage.create_exclusive(f"{prefix}/{MANIFEST}", _json_bytes(manifest))
+    except FileExistsError as exc:
+        raise AlreadyPublished(f"run {run_id}, domain {domain}: another publisher wrote "
+                               f"{storage.url(prefix + '/' + MANIFEST)} first; this one stopped") from exc
     log.info("[%s] published %d objects to %s", domain, len(objects), storage.url(prefix))
     return manifest
 
 
+def promote(storage: Storage, run_id: str, domain: str) -> bool:
+    """Point ``domains/<domain>/latest.json`` at this run's manifest, unless it already points at a run
+    published later. Only call for a domain whose gate passed. Returns whether the pointer moved."""
+    manifest_key = f"{domain_prefix(run_id, domain)}/{MANIFEST}"
+    manifest = storage.read_json(manifest_key)  # the pointer never names a manifest that is not there
+    pointer_key = latest_key(domain)
+    if storage.exists(pointer_key):
+        current = storage.read_json(pointer_key)
+        if current["run_id"] == run_id:
+            return False
+        if current.get("published_at", "") > manifest["published_at"]:
+            log.info("[%s] latest.json stays at run %s (published later)", domain, current["run_id"])
+            return False
+    storage.write_json(pointer_key, {"domain": domain, "run_id": run_id, "manifest": manifest_key,
+                                     "published_at": manifest["published_at"], "promoted_at": _now()})
+    log.info("[%s] latest.json -> run %s", domain, run_id)
+    return True
+
+
 def write_summary(storage: Storage, run_id: str, summary: dict[str, Any]) -> str:
-    key = f"runs/{run_id}/summary.json"
-    domain_prefix(run_id, "summary")  # validates the run id
+    key = f"{run_prefix(run_id)}/summary.json"
     storage.write_json(key, summary)
     return storage.url(key)
+
+
+def read_domain_summary(storage: Storage, run_id: str, domain: str) -> dict[str, Any]:
+    return storage.read_json(f"{domain_prefix(run_id, domain)}/{DOMAIN_SUMMARY}")
+
+
+# ---- consumer side ------------------------------------------------------------------------------
+
+def verify_objects(storage: Storage, prefix: str, objects: list[dict[str, Any]]) -> list[str]:
+    """Re-read every object and compare bytes and sha256; a list of problems (empty when all match)."""
+    problems = []
+    for obj in objects:
+        key = f"{prefix}/{obj['key']}"
+        try:
+            data = storage.read_bytes(key)
+        except FileNotFoundError:
+            problems.append(f"{storage.url(key)}: missing")
+            continue
+        if len(data) != obj["bytes"]:
+            problems.append(f"{storage.url(key)}: {len(data)} bytes, manifest says {obj['bytes']}")
+        elif hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            problems.append(f"{storage.url(key)}: sha256 differs from the manifest")
+    return problems
+
+
+def split_uri(uri: str) -> tuple[str, str, str | None]:
+    """``<root>/runs/<run_id>[/<domain>]`` -> (root, run_id, domain or None)."""
+    head, sep, tail = uri.rstrip("/").rpartition("/runs/")
+    if not sep or not head:
+        raise PublishError(f"{uri}: expected <storage>/runs/<run_id>[/<domain>]")
+    parts = tail.split("/")
+    if len(parts) > 2:
+        raise PublishError(f"{uri}: expected <storage>/runs/<run_id>[/<domain>]")
+    return head, _check_name("run id", parts[0]), _check_name("domain", parts[1]) if len(parts) == 2 else None
+
+
+def verify(uri: str) -> list[str]:
+    """Problems found re-hashing a run's (every published domain's) or one domain's objects."""
+    root, run_id, domain = split_uri(uri)
+    storage = Storage(root)
+    if domain:
+        domains = [domain]
+    else:
+        listing = storage.fs.ls(storage.path(run_prefix(run_id)), detail=True)
+        domains = sorted(os.path.basename(e["name"].rstrip("/")) for e in listing
+                         if e["type"] == "directory" and os.path.basename(e["name"].rstrip("/")) != "tune")
+        if not domains:
+            return [f"{storage.url(run_prefix(run_id))}: no domains"]
+    problems = []
+    for d in domains:
+        prefix = domain_prefix(run_id, d)
+        if not storage.exists(f"{prefix}/{MANIFEST}"):
+            problems.append(f"{storage.url(prefix)}: no manifest (not published)")
+            continue
+        problems += verify_objects(storage, prefix, storage.read_json(f"{prefix}/{MANIFEST}")["objects"])
+    return problems
+
+
+def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = None,
+          artifact: str = "onnx") -> Path:
+    """Download one artifact folder of a domain (default: the ONNX model of ``latest``), verifying each
+    object's sha256 against the manifest. The folder appears at ``dest`` only once complete."""
+    storage = Storage(storage_uri)
+    if run_id is None:
+        if not storage.exists(latest_key(domain)):
+            raise PublishError(f"{storage.url(latest_key(domain))}: no published run for domain {domain}")
+        run_id = storage.read_json(latest_key(domain))["run_id"]
+    prefix = domain_prefix(run_id, domain)
+    if not storage.exists(f"{prefix}/{MANIFEST}"):
+        raise PublishError(f"run {run_id}, domain {domain}: not published (no manifest)")
+    manifest = storage.read_json(f"{prefix}/{MANIFEST}")
+    wanted = [o for o in manifest["objects"] if o["key"].startswith(f"{artifact}/")]
+    if not wanted:
+        raise PublishError(f"run {run_id}, domain {domain}: no {artifact}/ objects in the manifest")
+    dest = Path(dest)
+    if dest.exists():
+        raise PublishError(f"{dest} already exists; fetch into a new folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    for obj in wanted:
+        data = storage.read_bytes(f"{prefix}/{obj['key']}")
+        if hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
+        target = staging / obj["key"][len(artifact) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    staging.rename(dest)
+    (dest / "lorafleet_source.json").write_text(json.dumps(
+        {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
+         "manifest_published_at": manifest["published_at"]}, indent=2))
+    return dest

@@ -7,9 +7,11 @@ reported last as the trial's checkpoint (stored in the run's storage, so any nod
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,22 @@ from lorafleet.train import HParams
 log = logging.getLogger(__name__)
 
 SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
+
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env, and Ray's
+# runtime-env agent writes runtime_envs to its log in plain text. Trials get credentials the way every
+# Ray worker does instead: from their node's environment or instance role.
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+@contextlib.contextmanager
+def credentials_kept_out_of_runtime_env():
+    """While trials start, hide credential variables from this process's environment. Storage clients
+    created before (the run's S3 filesystem) keep the credentials they already resolved."""
+    saved = {k: os.environ.pop(k) for k in CREDENTIAL_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 @dataclass
@@ -105,19 +123,30 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
         return PlacementGroupFactory([{"CPU": res.cpu, "GPU": res.gpu}])
 
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                  verbose=verbose, failure_config=tune.FailureConfig(max_failures=1)),
-    )
-    grid = tuner.fit()
+    param_space = {"trial": tune.grid_search(trials)}
+    experiment = f"{storage_path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):
+        # an earlier attempt of this run was interrupted: finished trials are kept, the rest run again
+        log.info("sweep: resuming the interrupted sweep at %s", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                      verbose=verbose, failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    with credentials_kept_out_of_runtime_env():
+        grid = tuner.fit()
     outcomes: dict[str, list[TrialOutcome]] = {d: [] for d in plans}
     for result in grid:
         spec = dict(result.config["trial"])
         domain = spec.pop("domain")
+        if domain not in outcomes:
+            continue
         metrics = dict(result.metrics or {})
         history = metrics.pop("history", [])
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"

@@ -1,0 +1,61 @@
+"""Lineage: what produced an artifact, recorded in every manifest and report.
+
+Same config + same data + same seed -> same ``config_sha256`` and ``dataset_version``
+(the config hash leaves out where the YAML file happened to be on disk)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lorafleet
+from lorafleet.config import DomainConfig
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "optimum", "optimum-onnx", "onnxruntime", "ray",
+            "unsloth", "bitsandbytes")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The source checkout's commit, when lorafleet runs from one (a wheel install has none)."""
+    repo = Path(lorafleet.__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def config_snapshot(cfg: DomainConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude={"source_file"})
+
+
+def config_sha256(cfg: DomainConfig) -> str:
+    return hashlib.sha256(json.dumps(config_snapshot(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """sha256 over the model's weight files (sorted by name); None for a hub id not on disk."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,77 @@
+"""The whole pipeline against S3 (moto server on 127.0.0.1): artifacts, Tune storage, summary, pointer,
+verify, fetch; a rerun of the same run id publishes nothing twice; the canary secret leaks nowhere."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorafleet import publish
+from lorafleet.cli import main
+from tests.conftest import CANARY_SECRET, DOMAINS_DIR
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    temp_dir = Path("/tmp") / f"rays3{os.getpid()}"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
+             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+    yield temp_dir
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_base, tmp_path, capfd):
+    import s3fs
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    config_dir = tmp_path / "domains"
+    config_dir.mkdir()
+    shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
+    shutil.copytree(DOMAINS_DIR / "medical", config_dir / "medical")
+    args = ["run", "--config-dir", str(config_dir), "--storage", s3_bucket, "--run-id", "s3run",
+            "--work-dir", str(tmp_path / "work"), "--set", f"base_model={small_base}", "--set", "train.max_steps=4",
+            "--set", "train.eval_steps=2", "--set", "sweep.space.lora_rank=[4,8]", "--set", "eval.max_examples=3",
+            "--set", "eval.max_new_tokens=16", "--set", "gate.min.schema_pass_rate=0",
+            "--set", "gate.min.json_valid_rate=0"]
+    assert main(args) == 0
+    storage = publish.Storage(s3_bucket)
+    summary = storage.read_json("runs/s3run/summary.json")
+    entry = summary["domains"]["medical"]
+    assert summary["status"] == "succeeded" and entry["status"] == "published"
+    assert entry["artifacts"]["onnx"] == f"{s3_bucket}/runs/s3run/medical/onnx"
+    assert storage.read_json(publish.latest_key("medical"))["run_id"] == "s3run"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    tune_files = fs.find(storage.path("runs/s3run/tune"))
+    assert any("checkpoint_" in f and f.endswith("adapter_model.safetensors") for f in tune_files)
+
+    manifest = storage.read_json("runs/s3run/medical/manifest.json")
+    lineage = manifest["lineage"]
+    assert lineage["trial_count"] == 2 and lineage["backend"] == "peft" and lineage["winner"] == entry["winner"]
+    assert len(lineage["base_model_sha256"]) == 64 and len(lineage["config_sha256"]) == 64
+    assert set(lineage["packages"]) >= {"torch", "transformers", "peft", "trl", "optimum", "onnxruntime", "ray"}
+    assert publish.verify(f"{s3_bucket}/runs/s3run") == []
+    assert main(["verify", f"{s3_bucket}/runs/s3run/medical"]) == 0
+
+    onnx_dir = publish.fetch(s3_bucket, "medical", tmp_path / "consumer" / "medical")
+    assert ORTModelForCausalLM.from_pretrained(onnx_dir) is not None
+    assert main(["fetch", "medical", str(tmp_path / "consumer2"), "--storage", s3_bucket, "--run", "s3run"]) == 0
+
+    # the rerun of the same run id: nothing retrained, nothing uploaded again
+    assert main(args) == 0
+    assert storage.read_json("runs/s3run/medical/manifest.json") == manifest
+    out = capfd.readouterr()
+    assert "already published by an earlier attempt of run s3run" in out.out + out.err
+
+    # the canary secret is in no object, summary, manifest, report, and in nothing printed
+    for key in fs.find(storage.path("")):
+        assert CANARY_SECRET.encode() not in fs.cat_file(key), key
+    assert CANARY_SECRET not in out.out + out.err
+    for path in local_ray.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".out", ".err", ".json", ".txt"):
+            assert CANARY_SECRET not in path.read_text(errors="ignore"), path
