@@ -126,8 +126,9 @@ def print_summary(summary: dict) -> None:
 
 def configure_logging() -> None:
     """Also Ray's worker_process_setup_hook, so stage progress from trials and domain tasks reaches the driver."""
-    logging.basicConfig(level=os.environ.get("LORAFLEET_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = os.environ.get("LORAFLEET_LOG", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lorafleet").setLevel(level)  # also where the host process configured logging first
     for noisy in ("torch.onnx", "optimum", "transformers"):  # export/tracing chatter; errors still show
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -26,7 +26,7 @@ def local_ray():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_base, tmp_path, capfd):
+def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_base, tmp_path, capfd, caplog):
     import s3fs
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -66,12 +66,39 @@ def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_ba
     assert main(args) == 0
     assert storage.read_json("runs/s3run/medical/manifest.json") == manifest
     out = capfd.readouterr()
-    assert "already published by an earlier attempt of run s3run" in out.out + out.err
+    printed = out.out + out.err + caplog.text  # driver log records go to caplog, workers' to stderr
+    assert "already published by an earlier attempt of run s3run" in printed
 
     # the canary secret is in no object, summary, manifest, report, and in nothing printed
     for key in fs.find(storage.path("")):
         assert CANARY_SECRET.encode() not in fs.cat_file(key), key
-    assert CANARY_SECRET not in out.out + out.err
+    assert CANARY_SECRET not in printed
     for path in local_ray.rglob("*"):
         if path.is_file() and path.suffix in (".log", ".out", ".err", ".json", ".txt"):
             assert CANARY_SECRET not in path.read_text(errors="ignore"), path
+
+
+def test_rerun_resumes_the_sweep_from_s3_and_finishes_the_failed_domain(s3_bucket, local_ray, small_base, tmp_path,
+                                                                         capfd, caplog):
+    config_dir = tmp_path / "domains"
+    config_dir.mkdir()
+    shutil.copy(DOMAINS_DIR / "legal.yaml", config_dir)
+    shutil.copytree(DOMAINS_DIR / "legal", config_dir / "legal")
+    args = ["run", "--config-dir", str(config_dir), "--storage", s3_bucket, "--run-id", "resume",
+            "--work-dir", str(tmp_path / "work"), "--set", f"base_model={small_base}", "--set", "train.max_steps=4",
+            "--set", "train.eval_steps=2", "--set", "sweep.space.lora_rank=[4]", "--set", "eval.max_examples=2",
+            "--set", "eval.max_new_tokens=8", "--set", "gate.min.schema_pass_rate=0", "--set", "gate.min.json_valid_rate=0"]
+    # first attempt: every trial fails (Unsloth needs CUDA), nothing is published
+    assert main(args + ["--set", "train.backend=unsloth"]) == 1
+    storage = publish.Storage(s3_bucket)
+    first = storage.read_json("runs/resume/summary.json")
+    assert first["status"] == "failed" and "every trial failed" in first["domains"]["legal"]["error"]
+    assert not publish.is_published(storage, "resume", "legal")
+    assert not storage.exists(publish.latest_key("legal"))
+    # the rerun restores the sweep from S3, re-runs the errored trial, and publishes
+    assert main(args) == 0
+    out = capfd.readouterr()
+    assert "resuming the interrupted sweep" in out.out + out.err + caplog.text
+    second = storage.read_json("runs/resume/summary.json")
+    assert second["status"] == "succeeded" and second["domains"]["legal"]["status"] == "published"
+    assert storage.read_json(publish.latest_key("legal"))["run_id"] == "resume"
