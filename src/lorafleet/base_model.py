@@ -57,11 +57,71 @@ def cache_root() -> Path:
     return Path(os.environ.get("LORAFLEET_CACHE", Path.home() / ".cache" / "lorafleet"))
 
 
+# Architecture of public Qwen2.5 checkpoints (their config.json), for random-init models of a real shape:
+# throughput and memory depend on the shape, not on the weights.
+QWEN25_SHAPES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, tie_word_embeddings=False),
+}
+QWEN25_VOCAB = 151936
+RANDOM_PREFIX = "random:"
+
+
 def resolve_base_model(ref: str) -> str:
-    """A path or hub id that `from_pretrained` accepts. ``tiny`` builds (or reuses) the embedded model."""
+    """A path or hub id that `from_pretrained` accepts. ``tiny`` builds (or reuses) the embedded model;
+    ``random:<shape>`` (e.g. ``random:qwen2.5-1.5b``) a random-init model of that public architecture."""
     if ref == "tiny":
         return str(ensure_tiny_base())
+    if ref.startswith(RANDOM_PREFIX):
+        return str(ensure_shaped_base(ref[len(RANDOM_PREFIX):]))
     return ref
+
+
+def ensure_shaped_base(shape: str, root: Path | None = None) -> Path:
+    """A random-init model with a Qwen2.5 architecture (real vocabulary size) and the embedded tokenizer,
+    built once into the cache (bf16 safetensors)."""
+    if shape not in QWEN25_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; known: {', '.join(sorted(QWEN25_SHAPES))}")
+    root = Path(root or cache_root())
+    target = root / f"random-{shape}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".random-{shape}.lock"):
+        if not (target / "config.json").is_file():
+            staging = Path(tempfile.mkdtemp(prefix=f".random-{shape}-", dir=root))
+            try:
+                build_shaped_base(shape, staging)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_shaped_base(shape: str, out_dir: Path, seed: int = 1234) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    documents = [d.strip() for d in DEFAULT_CORPUS.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    tokenizer = build_tokenizer(documents, TinySpec().vocab_size)
+    config = Qwen2Config(vocab_size=QWEN25_VOCAB, max_position_embeddings=32768, rope_theta=1000000.0,
+                         rms_norm_eps=1e-6, use_sliding_window=False, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         torch_dtype="bfloat16", **QWEN25_SHAPES[shape])
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    del model
+    return out_dir
 
 
 def ensure_tiny_base(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS,

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from lorafleet.config import ConfigError, find_domain_files, parse_overrides
+from lorafleet.config import ConfigError, find_domain_files, load_overrides_file, merge_overrides, parse_overrides
 
 DEFAULT_CONFIG_DIR = "configs/domains"
 DEFAULT_STORAGE = "./artifacts"
@@ -17,6 +17,7 @@ DEFAULT_STORAGE = "./artifacts"
 def _add_domain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of domain YAML files")
     p.add_argument("--domains", default="", help="comma-separated domain file names (default: all)")
+    p.add_argument("--profile", default=None, help="YAML file of overrides for every chosen domain (e.g. configs/profiles/gpu.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every chosen domain, e.g. train.max_steps=20 (YAML value)")
 
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args) -> dict:
+    profile = load_overrides_file(args.profile) if args.profile else {}
+    return merge_overrides(profile, parse_overrides(args.overrides))
+
+
 def _domain_files(args):
     domains = [d for d in args.domains.split(",") if d] or None
     return find_domain_files(args.config_dir, domains)
@@ -54,7 +60,7 @@ def cmd_validate(args) -> int:
     from lorafleet import data as data_mod
     from lorafleet.pipeline import load_configs
 
-    configs, errors = load_configs(_domain_files(args), parse_overrides(args.overrides))
+    configs, errors = load_configs(_domain_files(args), _overrides(args))
     for name, cfg in configs.items():
         try:
             m = data_mod.prepare(cfg).manifest
@@ -76,7 +82,7 @@ def cmd_run(args) -> int:
     run_id = args.run_id or new_run_id()
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
-    opts = RunOptions(config_files=_domain_files(args), overrides=parse_overrides(args.overrides),
+    opts = RunOptions(config_files=_domain_files(args), overrides=_overrides(args),
                       storage=storage, run_id=run_id, work_dir=work_dir.resolve())
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,

@@ -197,6 +197,28 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return nested
 
 
+def load_overrides_file(path: str | Path) -> dict[str, Any]:
+    """A profile: a YAML mapping of overrides applied to every chosen domain (before any --set)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of config fields")
+    return _numbers(raw)
+
+
+def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer)
+    return merged
+
+
 def _yaml_value(raw: str, where: str) -> Any:
     try:
         value = yaml.safe_load(raw)

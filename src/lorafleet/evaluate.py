@@ -76,6 +76,7 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
         batch = examples[start:start + batch_size]
         texts = [tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True) for e in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        inputs = {k: v.to(getattr(model, "device", None) or "cpu") for k, v in inputs.items()}
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -86,13 +87,28 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
     return answers
 
 
-def load_torch_model(path: str):
+def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False):
+    """fp32 (on the GPU when there is one, so that it matches the fp32 ONNX export); ``load_in_4bit``
+    loads the base as QLoRA trained it (NF4, bf16 compute); ``adapter`` applies a LoRA adapter unmerged."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {"dtype": torch.bfloat16, "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(adapter or path)
 
 
 def load_onnx_model(path: str):

@@ -31,26 +31,33 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def check_parity(torch_model, onnx_model, tokenizer, examples: list[Example], new_tokens: int = 32) -> dict[str, Any]:
-    """Greedy token agreement over ``new_tokens`` generated tokens per prompt, and the largest absolute
-    difference between the two models' logits on the prompts (one forward pass, no cache)."""
+def _device_of(model):
+    return getattr(model, "device", None) or "cpu"
+
+
+def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_tokens: int = 32) -> dict[str, Any]:
+    """How closely two models agree (PyTorch vs onnxruntime, adapter vs merged...): greedy token agreement
+    over ``new_tokens`` generated tokens per prompt, and the largest absolute difference between their
+    logits on the prompts (one forward pass, no cache)."""
     import torch
 
     matched = total = 0
     max_diff = 0.0
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id)
     for e in examples:
         text = tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True)
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            pt_logits = torch_model(**inputs).logits
-            ort_logits = onnx_model(**inputs).logits
-            max_diff = max(max_diff, (pt_logits.float() - torch.as_tensor(ort_logits).float()).abs().max().item())
-            kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          pad_token_id=tokenizer.pad_token_id)
-            pt_ids = torch_model.generate(**inputs, **kwargs)[0, inputs["input_ids"].shape[1]:]
-            ort_ids = onnx_model.generate(**inputs, **kwargs)[0, inputs["input_ids"].shape[1]:]
-        n = min(len(pt_ids), len(ort_ids))
-        matched += int((pt_ids[:n] == ort_ids[:n]).sum())
-        total += max(len(pt_ids), len(ort_ids))
+        n_prompt = inputs["input_ids"].shape[1]
+        logits, generated = [], []
+        for model in (model_a, model_b):
+            on_device = {k: v.to(_device_of(model)) for k, v in inputs.items()}
+            with torch.inference_mode():
+                logits.append(torch.as_tensor(model(**on_device).logits).float().cpu())
+                generated.append(model.generate(**on_device, **kwargs)[0, n_prompt:].cpu())
+        max_diff = max(max_diff, (logits[0] - logits[1]).abs().max().item())
+        n = min(len(generated[0]), len(generated[1]))
+        matched += int((generated[0][:n] == generated[1][:n]).sum())
+        total += max(len(generated[0]), len(generated[1]))
     return {"greedy_match_rate": matched / total if total else 0.0, "max_abs_logit_diff": max_diff,
             "prompts": len(examples), "new_tokens": new_tokens}

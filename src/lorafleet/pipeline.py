@@ -34,7 +34,7 @@ class RunOptions:
 
 def _failed(error: str) -> dict[str, Any]:
     return {"status": "failed", "error": error, "trials": [], "winner": None, "metrics": {},
-            "onnx_parity": None, "gate": None, "artifacts": {}}
+            "onnx_parity": None, "merge_drift": None, "gate": None, "artifacts": {}}
 
 
 def load_configs(files: list[Path], overrides: dict[str, Any]) -> tuple[dict[str, DomainConfig], dict[str, str]]:
@@ -105,12 +105,21 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     run_eval("base", *evaluate.load_torch_model(resolve_base_model(cfg.base_model)))
     tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir))
     run_eval("tuned", tuned_model, tokenizer)
+    # merge drift: the adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model
+    quantized = winner.metrics.get("load_in_4bit", False)
+    adapted, _ = evaluate.load_torch_model(resolve_base_model(cfg.base_model), adapter=str(adapter_dir),
+                                           load_in_4bit=bool(quantized))
+    drift = {"adapter_base": "4-bit NF4" if quantized else "full precision",
+             "adapter_vs_merged": export.check_parity(adapted, tuned_model, tokenizer, test[:8])}
+    del adapted
+    log.info("[%s] merge drift: %s", name, drift)
     parity = None
     if cfg.export.onnx:
         log.info("[%s] exporting to ONNX", name)
         onnx_dir = export.to_onnx(merged_dir, out / "onnx")
         onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
         parity = export.check_parity(tuned_model, onnx_model, tokenizer, test[:8])
+        drift["merged_vs_onnx"] = parity
         log.info("[%s] ONNX parity: %s", name, parity)
         run_eval("onnx", onnx_model, onnx_tokenizer)
 
@@ -133,13 +142,14 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
                  "onnx": storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
                  "report": storage.url(f"{prefix}/report.md"), "data": storage.url(f"{prefix}/data")}
     domain_summary = {"status": status, "error": None, "trials": trials, "winner": winner.hparams,
-                      "metrics": metrics, "onnx_parity": parity, "gate": verdict, "artifacts": artifacts}
+                      "metrics": metrics, "onnx_parity": parity, "merge_drift": drift, "gate": verdict,
+                      "artifacts": artifacts}
     failing = [r for r, ok in zip(rows["tuned"], _schema_ok(rows["tuned"], schema)) if not ok][:5]
     report.write_reports({
         "run_id": run_id,
         "domain": {"name": name, "description": cfg.description, "base_model": cfg.base_model, "status": status,
                    "error": None},
-        **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "gate")},
+        **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "merge_drift", "gate")},
         "data": asdict(prepared.manifest), "config": cfg.model_dump(mode="json"),
         "histories": {str(i): o.history for i, o in enumerate(outcomes)}, "failing_examples": failing,
         "lineage": record,
@@ -194,7 +204,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
         tune_path, tune_fs = storage.tune_location(opts.run_id)
         outcomes = sweep.run_sweep(plans, storage_path=tune_path, name="sweep", storage_filesystem=tune_fs)
         commit = lineage.git_commit()
-        finish = ray.remote(finish_domain).options(num_cpus=1, max_retries=0)
+        finish = ray.remote(finish_domain)
         pending = {}
         for name, plan in plans.items():
             ok = [o for o in outcomes[name] if o.metrics and o.checkpoint is not None]
@@ -204,7 +214,9 @@ def run(opts: RunOptions) -> dict[str, Any]:
                                  "trials": [{"hparams": o.hparams, "metrics": {}, "error": o.error}
                                             for o in outcomes[name]]}
                 continue
-            pending[name] = finish.remote(plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir, commit)
+            res = plan.cfg.sweep.resources_per_trial  # merge/evaluate on the kind of node the trials used
+            pending[name] = finish.options(num_cpus=1, num_gpus=res.gpu, max_retries=0).remote(
+                plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir, commit)
         for name, ref in pending.items():
             try:
                 domains[name] = ray.get(ref)

@@ -41,6 +41,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## ONNX parity (PyTorch vs onnxruntime)", "",
                   f"Greedy token match {parity['greedy_match_rate']:.3f} over {parity['prompts']} prompts × "
                   f"{parity['new_tokens']} tokens; max |logit difference| {parity['max_abs_logit_diff']:.2e}.", ""]
+    drift = report.get("merge_drift")
+    if drift:
+        lines += ["## Merge drift", "", f"The adapter on the {drift['adapter_base']} base (as trained) vs the merged "
+                  "16-bit model, and the merged model vs its ONNX export, on the same prompts:", "",
+                  "| comparison | greedy token match | max abs logit diff |", "| --- | --- | --- |"]
+        for label, key in (("adapter vs merged", "adapter_vs_merged"), ("merged vs ONNX", "merged_vs_onnx")):
+            if key in drift:
+                lines.append(f"| {label} | {drift[key]['greedy_match_rate']:.3f} | {drift[key]['max_abs_logit_diff']:.2e} |")
+        lines.append("")
     trials = report.get("trials") or []
     if trials:
         winner = report.get("winner")

@@ -110,7 +110,7 @@ def _trial_name(trial) -> str:
 
 
 def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
-              verbose: int = 1) -> dict[str, list[TrialOutcome]]:
+              verbose: int = 1, callbacks: list | None = None) -> dict[str, list[TrialOutcome]]:
     """Run every domain's trials in one Tuner; return the outcomes grouped by domain."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
@@ -137,7 +137,8 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
             tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                      verbose=verbose, failure_config=tune.FailureConfig(max_failures=1)),
+                                      verbose=verbose, failure_config=tune.FailureConfig(max_failures=1),
+                                      callbacks=callbacks),
         )
     with credentials_kept_out_of_runtime_env():
         grid = tuner.fit()

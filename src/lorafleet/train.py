@@ -165,7 +165,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     trainer.model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds,
-               "steps": trainer.state.global_step}
+               "steps": trainer.state.global_step, "load_in_4bit": _use_4bit(train_cfg)}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
     (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
         {"hparams": asdict(hp), "backend": backend, "base_model": base_model, "metrics": metrics}, indent=2))

@@ -95,3 +95,15 @@ def test_unknown_domain_in_selection(tmp_path, domain_copy):
     domain_copy("contracts")
     with pytest.raises(ConfigError, match="no domain file for nope"):
         find_domain_files(tmp_path, ["nope"])
+
+
+def test_shipped_profiles_apply_to_every_domain():
+    from lorafleet.config import load_overrides_file
+
+    profiles = sorted((DOMAINS_DIR.parent / "profiles").glob("*.yaml"))
+    assert profiles
+    for profile in profiles:
+        overrides = load_overrides_file(profile)
+        for f in find_domain_files(DOMAINS_DIR):
+            cfg = load_domain(f, overrides)
+            assert cfg.base_model == overrides.get("base_model", cfg.base_model)

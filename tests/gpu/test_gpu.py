@@ -1,0 +1,89 @@
+"""CUDA-only: Unsloth trials through Ray Tune, GPU memory given back per trial, QLoRA merge drift.
+Run on a GPU host: ``pytest -m gpu tests/gpu``."""
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lorafleet import evaluate, export, merge
+from lorafleet.config import load_domain
+from lorafleet.data import prepare
+from lorafleet.sweep import DomainPlan, run_sweep
+from tests.conftest import DOMAINS_DIR
+
+pytestmark = pytest.mark.gpu
+BASE = "random:qwen2.5-0.5b"
+
+
+def gpu_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[0])
+
+
+@pytest.fixture(scope="module")
+def ray_gpu():
+    import ray
+
+    temp = Path("/tmp") / f"raygpu{os.getpid()}"
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _temp_dir=str(temp),
+             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def six_trials(ray_gpu, tmp_path_factory):
+    from ray.tune import Callback
+
+    baseline = gpu_used_mib()
+    after_each = []
+
+    class MemoryAfterTrial(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            deadline, used = time.time() + 60, gpu_used_mib()
+            while used > baseline + 200 and time.time() < deadline:  # the worker process is still exiting
+                time.sleep(1)
+                used = gpu_used_mib()
+            after_each.append(used)
+
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
+        "base_model": BASE, "train": {"max_steps": 3, "eval_steps": 3, "max_seq_length": 256},
+        "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
+    plan = DomainPlan(cfg, prepare(cfg))
+    storage = tmp_path_factory.mktemp("tune")
+    outcomes = run_sweep({"contracts": plan}, str(storage), "gpu", callbacks=[MemoryAfterTrial()])["contracts"]
+    return cfg, plan, outcomes, baseline, after_each, storage
+
+
+def test_six_trials_each_give_their_gpu_memory_back(six_trials):
+    _, _, outcomes, baseline, after_each, _ = six_trials
+    print(f"baseline {baseline} MiB, after each trial: {after_each}")
+    assert len(outcomes) == 6 and all(o.error is None for o in outcomes)
+    assert len(after_each) == 6
+    assert all(used <= baseline + 200 for used in after_each), (baseline, after_each)
+
+
+def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(six_trials):
+    _, _, outcomes, *_ = six_trials
+    assert {o.metrics["backend"] for o in outcomes} == {"unsloth"}
+    assert all(o.metrics["load_in_4bit"] for o in outcomes)
+
+
+def test_qlora_merge_is_16bit_and_its_drift_is_measured(six_trials, tmp_path):
+    import torch
+
+    cfg, plan, outcomes, *_ = six_trials
+    adapter = tmp_path / "adapter"
+    outcomes[0].checkpoint.to_directory(str(adapter))
+    merged_dir = merge.merge_16bit(BASE, adapter, tmp_path / "merged")
+    merged, tokenizer = evaluate.load_torch_model(str(merged_dir))
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # not a 4-bit layer
+    adapted, _ = evaluate.load_torch_model(merge.resolve_base_model(BASE), adapter=str(adapter), load_in_4bit=True)
+    drift = export.check_parity(adapted, merged, tokenizer, plan.data.test[:4], new_tokens=16)
+    print(f"QLoRA merge drift (adapter on NF4 base vs merged 16-bit): {drift}")
+    assert drift["prompts"] == 4 and 0.0 < drift["max_abs_logit_diff"] < 50.0
