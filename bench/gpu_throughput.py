@@ -76,6 +76,7 @@ def worker_hf_bnb(base: str, steps: int, batch: int) -> list[float]:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    model.train()  # gradient checkpointing is active in training mode only
     return _loop(model, steps, model.config.vocab_size, batch)
 
 
