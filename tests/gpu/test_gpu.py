@@ -45,39 +45,53 @@ def six_trials(ray_gpu, tmp_path_factory):
 
     class MemoryAfterTrial(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            deadline, used = time.time() + 60, gpu_used_mib()
+            deadline, used = time.time() + 20, gpu_used_mib()
             while used > baseline + 200 and time.time() < deadline:  # the worker process is still exiting
                 time.sleep(1)
                 used = gpu_used_mib()
             after_each.append(used)
 
+    # QLoRA through transformers+peft+bitsandbytes: the same worker-per-trial path as Unsloth, without its
+    # half-minute import per process
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
-        "base_model": BASE, "train": {"max_steps": 3, "eval_steps": 3, "max_seq_length": 256},
+        "base_model": BASE, "train": {"max_steps": 3, "eval_steps": 3, "max_seq_length": 256, "backend": "peft"},
         "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
-    storage = tmp_path_factory.mktemp("tune")
-    outcomes = run_sweep({"contracts": plan}, str(storage), "gpu", callbacks=[MemoryAfterTrial()])["contracts"]
-    return cfg, plan, outcomes, baseline, after_each, storage
+    outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "gpu",
+                         callbacks=[MemoryAfterTrial()])["contracts"]
+    return outcomes, baseline, after_each
+
+
+@pytest.fixture(scope="module")
+def unsloth_trial(ray_gpu, tmp_path_factory):
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
+        "base_model": BASE, "train": {"max_steps": 4, "eval_steps": 4, "max_seq_length": 256},
+        "sweep": {"space": {"lora_rank": [16]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
+    plan = DomainPlan(cfg, prepare(cfg))
+    outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "unsloth")["contracts"]
+    return plan, outcomes[0]
 
 
 def test_six_trials_each_give_their_gpu_memory_back(six_trials):
-    _, _, outcomes, baseline, after_each, _ = six_trials
+    outcomes, baseline, after_each = six_trials
     print(f"baseline {baseline} MiB, after each trial: {after_each}")
     assert len(outcomes) == 6 and all(o.error is None for o in outcomes)
+    assert {o.metrics["backend"] for o in outcomes} == {"peft"} and all(o.metrics["load_in_4bit"] for o in outcomes)
     assert len(after_each) == 6
     assert all(used <= baseline + 200 for used in after_each), (baseline, after_each)
 
 
-def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(six_trials):
-    _, _, outcomes, *_ = six_trials
-    assert {o.metrics["backend"] for o in outcomes} == {"unsloth"}
-    assert all(o.metrics["load_in_4bit"] for o in outcomes)
+def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
+    _, outcome = unsloth_trial
+    assert outcome.error is None, outcome.error
+    assert outcome.metrics["backend"] == "unsloth" and outcome.metrics["load_in_4bit"]
 
 
-def test_qlora_merge_is_16bit_and_its_drift_is_measured(six_trials, tmp_path):
+def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path):
     import torch
 
-    cfg, plan, outcomes, *_ = six_trials
+    plan, outcome = unsloth_trial
+    outcomes = [outcome]
     adapter = tmp_path / "adapter"
     outcomes[0].checkpoint.to_directory(str(adapter))
     merged_dir = merge.merge_16bit(BASE, adapter, tmp_path / "merged")
