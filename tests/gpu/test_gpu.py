@@ -38,19 +38,30 @@ def ray_gpu():
 
 @pytest.fixture(scope="module")
 def six_trials(ray_gpu, tmp_path_factory):
+    """Six trials in a row on one GPU. A sampler thread reads nvidia-smi every 0.25 s; for each trial, the
+    lowest reading between its end and the next trial's start (or 30 s after the last) must be back near
+    the baseline: the trial's worker process exited and gave its memory back."""
+    import threading
+
     from ray.tune import Callback
 
     baseline = gpu_used_mib()
-    after_each = []
+    samples, events, stop = [], [], threading.Event()
 
-    class MemoryAfterTrial(Callback):
+    def sample():
+        while not stop.is_set():
+            samples.append((time.time(), gpu_used_mib()))
+            time.sleep(0.25)
+
+    class TrialEvents(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            events.append(("start", time.time()))
+
         def on_trial_complete(self, iteration, trials, trial, **info):
-            deadline, used = time.time() + 20, gpu_used_mib()
-            while used > baseline + 200 and time.time() < deadline:  # the worker process is still exiting
-                time.sleep(1)
-                used = gpu_used_mib()
-            after_each.append(used)
+            events.append(("complete", time.time()))
 
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     # QLoRA through transformers+peft+bitsandbytes: the same worker-per-trial path as Unsloth, without its
     # half-minute import per process
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
@@ -58,7 +69,17 @@ def six_trials(ray_gpu, tmp_path_factory):
         "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
     outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "gpu",
-                         callbacks=[MemoryAfterTrial()])["contracts"]
+                         callbacks=[TrialEvents()])["contracts"]
+    time.sleep(30)
+    stop.set()
+    sampler.join()
+    starts = [t for kind, t in events if kind == "start"]
+    after_each = []
+    for kind, ended in events:
+        if kind == "complete":
+            until = min([t for t in starts if t > ended], default=ended + 30)
+            window = [used for t, used in samples if ended <= t <= until]
+            after_each.append(min(window) if window else None)
     return outcomes, baseline, after_each
 
 
