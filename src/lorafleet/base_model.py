@@ -86,28 +86,14 @@ def ensure_shaped_base(shape: str, root: Path | None = None) -> Path:
     built once into the cache (bf16 safetensors)."""
     if shape not in QWEN25_SHAPES:
         raise ValueError(f"unknown model shape {shape!r}; known: {', '.join(sorted(QWEN25_SHAPES))}")
-    root = Path(root or cache_root())
-    target = root / f"random-{shape}"
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".random-{shape}.lock"):
-        if not (target / "config.json").is_file():
-            staging = Path(tempfile.mkdtemp(prefix=f".random-{shape}-", dir=root))
-            try:
-                build_shaped_base(shape, staging)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return _build_once(Path(root or cache_root()), f"random-{shape}", lambda out: build_shaped_base(shape, out))
 
 
 def build_shaped_base(shape: str, out_dir: Path, seed: int = 1234) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    documents = [d.strip() for d in DEFAULT_CORPUS.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    tokenizer = build_tokenizer(documents, TinySpec().vocab_size)
+    tokenizer = build_tokenizer(corpus_documents(DEFAULT_CORPUS.read_text(encoding="utf-8")), TinySpec().vocab_size)
     config = Qwen2Config(vocab_size=QWEN25_VOCAB, max_position_embeddings=32768, rope_theta=1000000.0,
                          rms_norm_eps=1e-6, use_sliding_window=False, bos_token_id=None,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -129,16 +115,22 @@ def ensure_tiny_base(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS,
     """Build the tiny base model into the cache unless it is there; safe to call from many processes."""
     corpus_bytes = Path(corpus).read_bytes()
     key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + corpus_bytes).hexdigest()[:16]
-    root = Path(root or cache_root())
-    target = root / f"tiny-base-{key}"
+    return _build_once(Path(root or cache_root()), f"tiny-base-{key}",
+                       lambda out: build_tiny_base(out, spec, corpus_bytes.decode("utf-8")))
+
+
+def _build_once(root: Path, name: str, build) -> Path:
+    """``root/name``, built by ``build(staging_dir)`` unless it is there: under a file lock, so that
+    concurrent trial processes build it once, and renamed into place whole, so that none sees half of it."""
+    target = root / name
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".tiny-base-{key}.lock"):
+    with _file_lock(root / f".{name}.lock"):
         if not (target / "config.json").is_file():
-            staging = Path(tempfile.mkdtemp(prefix=f".tiny-base-{key}-", dir=root))
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
             try:
-                build_tiny_base(staging, spec, corpus_bytes.decode("utf-8"))
+                build(staging)
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -153,6 +145,11 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def corpus_documents(text: str) -> list[str]:
+    """The corpus file holds documents separated by blank lines."""
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -179,7 +176,7 @@ def build_tiny_base(out_dir: Path, spec: TinySpec = TinySpec(), corpus_text: str
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     corpus_text = corpus_text if corpus_text is not None else DEFAULT_CORPUS.read_text(encoding="utf-8")
-    documents = [d.strip() for d in corpus_text.split("\n\n") if d.strip()]
+    documents = corpus_documents(corpus_text)
     tokenizer = build_tokenizer(documents, spec.vocab_size)
     torch.manual_seed(spec.seed)
     config = Qwen2Config(

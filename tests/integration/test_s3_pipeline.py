@@ -26,19 +26,24 @@ def local_ray():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str) -> list[str]:
+    """`lorafleet run` over a copy of one bundled domain, with a quick profile and an always-open gate."""
+    config_dir = tmp_path / "domains"
+    config_dir.mkdir()
+    shutil.copy(DOMAINS_DIR / f"{domain}.yaml", config_dir)
+    shutil.copytree(DOMAINS_DIR / domain, config_dir / domain)
+    quick = [f"base_model={base}", "train.max_steps=4", "train.eval_steps=2", "gate.min.schema_pass_rate=0",
+             "gate.min.json_valid_rate=0", *sets]
+    return ["run", "--config-dir", str(config_dir), "--storage", storage, "--run-id", run_id,
+            "--work-dir", str(tmp_path / "work"), *[arg for s in quick for arg in ("--set", s)]]
+
+
 def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_base, tmp_path, capfd, caplog):
     import s3fs
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    config_dir = tmp_path / "domains"
-    config_dir.mkdir()
-    shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
-    shutil.copytree(DOMAINS_DIR / "medical", config_dir / "medical")
-    args = ["run", "--config-dir", str(config_dir), "--storage", s3_bucket, "--run-id", "s3run",
-            "--work-dir", str(tmp_path / "work"), "--set", f"base_model={small_base}", "--set", "train.max_steps=4",
-            "--set", "train.eval_steps=2", "--set", "sweep.space.lora_rank=[4,8]", "--set", "eval.max_examples=3",
-            "--set", "eval.max_new_tokens=16", "--set", "gate.min.schema_pass_rate=0",
-            "--set", "gate.min.json_valid_rate=0"]
+    args = _run_args(tmp_path, "medical", s3_bucket, "s3run", small_base, "sweep.space.lora_rank=[4,8]",
+                     "eval.max_examples=3", "eval.max_new_tokens=16")
     assert main(args) == 0
     storage = publish.Storage(s3_bucket)
     summary = storage.read_json("runs/s3run/summary.json")
@@ -80,14 +85,8 @@ def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_ba
 
 def test_rerun_resumes_the_sweep_from_s3_and_finishes_the_failed_domain(s3_bucket, local_ray, small_base, tmp_path,
                                                                          capfd, caplog):
-    config_dir = tmp_path / "domains"
-    config_dir.mkdir()
-    shutil.copy(DOMAINS_DIR / "legal.yaml", config_dir)
-    shutil.copytree(DOMAINS_DIR / "legal", config_dir / "legal")
-    args = ["run", "--config-dir", str(config_dir), "--storage", s3_bucket, "--run-id", "resume",
-            "--work-dir", str(tmp_path / "work"), "--set", f"base_model={small_base}", "--set", "train.max_steps=4",
-            "--set", "train.eval_steps=2", "--set", "sweep.space.lora_rank=[4]", "--set", "eval.max_examples=2",
-            "--set", "eval.max_new_tokens=8", "--set", "gate.min.schema_pass_rate=0", "--set", "gate.min.json_valid_rate=0"]
+    args = _run_args(tmp_path, "legal", s3_bucket, "resume", small_base, "sweep.space.lora_rank=[4]",
+                     "eval.max_examples=2", "eval.max_new_tokens=8")
     # first attempt: every trial fails (Unsloth needs CUDA), nothing is published
     assert main(args + ["--set", "train.backend=unsloth"]) == 1
     storage = publish.Storage(s3_bucket)
