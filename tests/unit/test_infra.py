@@ -1,0 +1,16 @@
+from pathlib import Path
+
+import yaml
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+
+
+def test_manifests_parse_and_submit_the_nightly_job():
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in INFRA.glob("*.yaml")}
+    assert docs["raycluster.yaml"]["kind"] == "RayCluster"
+    assert docs["raycluster.yaml"]["spec"]["rayVersion"] == "2.60.0"
+    cron = docs["nightly-cronjob.yaml"]
+    command = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["ray", "job", "submit"] and "jobs/nightly.py" in command
+    profile = command[command.index("--profile") + 1]
+    assert (INFRA.parent / profile).is_file()
