@@ -836,6 +836,8 @@ DOMAINS = {
                          "keys company, quarter, revenue (in millions), currency, yoy_change_pct.",
     },
     "legal": {
+        # lists with uniqueItems: the tiny model needs twice the steps to stop repeating statutes
+        "max_steps": 240,
         "format": "conversations", "group_key": "case_id", "id_prefix": "L", "group_size": (1, 2),
         "make_group": legal_group, "schema": LEGAL_SCHEMA,
         "description": "Extract the court, outcome and cited statutes from a case summary as JSON.",
@@ -934,10 +936,10 @@ train:
   max_seq_length: 384
   batch_size: 8
   grad_accum: 1
-  max_steps: 120
+  max_steps: {spec.get('max_steps', 120)}
   backend: auto
   load_in_4bit: auto
-  eval_steps: 40
+  eval_steps: {spec.get('max_steps', 120) // 3}
 sweep:
   space:
     lora_rank: [8, 16]
