@@ -14,7 +14,7 @@ from typing import Any
 from lorafleet import data as data_mod
 from lorafleet import __version__, evaluate, export, gate, lineage, merge, publish, report, select, sweep
 from lorafleet.base_model import ensure_tiny_base, resolve_base_model
-from lorafleet.config import ConfigError, DomainConfig, find_domain_files, load_domain
+from lorafleet.config import ConfigError, DomainConfig, load_domain
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     cfg, prepared = plan.cfg, plan.data
     name = cfg.name
     out = work_dir / name
+    base_path = resolve_base_model(cfg.base_model)
     trials = [{"hparams": o.hparams, "metrics": o.metrics, **({"error": o.error} if o.error else {})}
               for o in outcomes]
     winner = outcomes[select.pick_winner(trials, cfg.select.rule)]
@@ -84,9 +85,9 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     shutil.rmtree(adapter_dir, ignore_errors=True)
     winner.checkpoint.to_directory(str(adapter_dir))
     log.info("[%s] merging adapter into the 16-bit base", name)
-    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged",
-                                   snapshot={"winner": winner.hparams, "config": cfg.model_dump(mode="json")})
-    (out / "merged" / "lorafleet_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged", snapshot={"winner": winner.hparams})
+    # the config that produced these weights travels with them (litgpt keeps hyperparameters.yaml the same way)
+    (merged_dir / "lorafleet_config.json").write_text(json.dumps(lineage.config_snapshot(cfg), indent=2))
 
     schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
     test = prepared.test[: cfg.eval.max_examples] if cfg.eval.max_examples else prepared.test
@@ -102,13 +103,12 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[kind])
         log.info("[%s] %s: %s", name, kind, {k: round(v, 3) for k, v in metrics[kind].items()})
 
-    run_eval("base", *evaluate.load_torch_model(resolve_base_model(cfg.base_model)))
+    run_eval("base", *evaluate.load_torch_model(base_path))
     tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir))
     run_eval("tuned", tuned_model, tokenizer)
     # merge drift: the adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model
     quantized = winner.metrics.get("load_in_4bit", False)
-    adapted, _ = evaluate.load_torch_model(resolve_base_model(cfg.base_model), adapter=str(adapter_dir),
-                                           load_in_4bit=bool(quantized))
+    adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=bool(quantized))
     drift = {"adapter_base": "4-bit NF4" if quantized else "full precision",
              "adapter_vs_merged": export.check_parity(adapted, tuned_model, tokenizer, test[:8])}
     del adapted
@@ -125,7 +125,6 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
 
     verdict = gate.decide(metrics["tuned"], cfg.gate)
     status = "published" if verdict["passed"] else "gated"
-    base_path = resolve_base_model(cfg.base_model)
     record = {
         "run_id": run_id, "lorafleet_version": __version__, "git_commit": git_commit,
         "packages": lineage.package_versions(), "config": lineage.config_snapshot(cfg),
@@ -150,7 +149,7 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
         "domain": {"name": name, "description": cfg.description, "base_model": cfg.base_model, "status": status,
                    "error": None},
         **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "merge_drift", "gate")},
-        "data": asdict(prepared.manifest), "config": cfg.model_dump(mode="json"),
+        "data": asdict(prepared.manifest),
         "histories": {str(i): o.history for i, o in enumerate(outcomes)}, "failing_examples": failing,
         "lineage": record,
     }, out)

@@ -1,6 +1,5 @@
 """The whole pipeline against S3 (moto server on 127.0.0.1): artifacts, Tune storage, summary, pointer,
 verify, fetch; a rerun of the same run id publishes nothing twice; the canary secret leaks nowhere."""
-import json
 import os
 import shutil
 from pathlib import Path

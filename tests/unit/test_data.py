@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lorafleet.config import load_domain
 from lorafleet.data import DataError, Example, dataset_version, prepare, split_by_group, to_example
