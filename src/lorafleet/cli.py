@@ -50,6 +50,11 @@ def _overrides(args) -> dict:
     return merge_overrides(profile, parse_overrides(args.overrides))
 
 
+def _storage_uri(raw: str) -> str:
+    """A URI as given, or a local folder made absolute (Ray workers do not share our cwd)."""
+    return raw if "://" in raw else str(Path(raw).resolve())
+
+
 def _domain_files(args):
     domains = [d for d in args.domains.split(",") if d] or None
     return find_domain_files(args.config_dir, domains)
@@ -79,7 +84,7 @@ def cmd_run(args) -> int:
     from lorafleet.pipeline import RunOptions, new_run_id, run
 
     run_id = args.run_id or new_run_id()
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    storage = _storage_uri(args.storage)
     work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
     opts = RunOptions(config_files=_domain_files(args), overrides=_overrides(args),
                       storage=storage, run_id=run_id, work_dir=work_dir.resolve())
@@ -105,8 +110,7 @@ def cmd_verify(args) -> int:
 def cmd_fetch(args) -> int:
     from lorafleet.publish import fetch
 
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    print(fetch(storage, args.domain, args.dest, run_id=args.run_id, artifact=args.artifact))
+    print(fetch(_storage_uri(args.storage), args.domain, args.dest, run_id=args.run_id, artifact=args.artifact))
     return 0
 
 

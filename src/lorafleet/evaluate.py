@@ -65,6 +65,11 @@ def score(predictions: list[str], references: list[str], schema: dict) -> dict[s
     }
 
 
+def model_device(model):
+    """Where a model's inputs go: a torch model's device; onnxruntime models take CPU tensors."""
+    return getattr(model, "device", None) or "cpu"
+
+
 def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
              progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers, batched with left padding. Works for a torch model and an ORTModelForCausalLM."""
@@ -76,7 +81,7 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
         batch = examples[start:start + batch_size]
         texts = [tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True) for e in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        inputs = {k: v.to(getattr(model, "device", None) or "cpu") for k, v in inputs.items()}
+        inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

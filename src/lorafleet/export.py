@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.data import Example
+from lorafleet.evaluate import model_device
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _device_of(model):
-    return getattr(model, "device", None) or "cpu"
-
-
 def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_tokens: int = 32) -> dict[str, Any]:
     """How closely two models agree (PyTorch vs onnxruntime, adapter vs merged...): greedy token agreement
     over ``new_tokens`` generated tokens per prompt, and the largest absolute difference between their
@@ -51,7 +48,7 @@ def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_token
         n_prompt = inputs["input_ids"].shape[1]
         logits, generated = [], []
         for model in (model_a, model_b):
-            on_device = {k: v.to(_device_of(model)) for k, v in inputs.items()}
+            on_device = {k: v.to(model_device(model)) for k, v in inputs.items()}
             with torch.inference_mode():
                 logits.append(torch.as_tensor(model(**on_device).logits).float().cpu())
                 generated.append(model.generate(**on_device, **kwargs)[0, n_prompt:].cpu())

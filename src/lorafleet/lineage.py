@@ -46,6 +46,18 @@ def config_sha256(cfg: DomainConfig) -> str:
     return hashlib.sha256(json.dumps(config_snapshot(cfg), sort_keys=True).encode()).hexdigest()
 
 
+def _feed(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    _feed(digest, Path(path))
+    return digest.hexdigest()
+
+
 def weights_sha256(model_dir: str | Path) -> str | None:
     """sha256 over the model's weight files (sorted by name); None for a hub id not on disk."""
     model_dir = Path(model_dir)
@@ -55,7 +67,5 @@ def weights_sha256(model_dir: str | Path) -> str | None:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode())
-        with open(f, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        _feed(digest, f)
     return digest.hexdigest()

@@ -2,13 +2,13 @@
 adapter applied, ``merge_and_unload``, saved as safetensors with the tokenizer and a snapshot."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from lorafleet.base_model import resolve_base_model
+from lorafleet.lineage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def merge_16bit(base_model: str, adapter_dir: str | Path, out_dir: str | Path, d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir, adapter_dir = Path(out_dir), Path(adapter_dir)
-    adapter_sha = hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
     record = {"base_model": base_model, "adapter_sha256": adapter_sha, "dtype": dtype, **(snapshot or {})}
     marker = out_dir / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == record:

@@ -26,6 +26,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from lorafleet.config import DOMAIN_NAME_RE
+from lorafleet.lineage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +138,6 @@ class Storage:
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False).encode("utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:

@@ -87,12 +87,12 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
     from lorafleet.train import train_trial
 
     spec = config["trial"]
-    label = f"[{spec['domain']}] trial r{spec['lora_rank']} lr{spec['learning_rate']:g} e{spec['epochs']}"
+    label = _trial_label(spec)
 
     class ReportToTune(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
-                log.info("%s: step %d/%d eval_loss %.4f", label, state.global_step, state.max_steps,
+                log.info("[%s] step %d/%d eval_loss %.4f", label, state.global_step, state.max_steps,
                          metrics.get("eval_loss", float("nan")))
                 tune.report({**metrics, "step": state.global_step})
 
@@ -104,9 +104,12 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
 
 
+def _trial_label(spec: dict[str, Any]) -> str:
+    return f"{spec['domain']}-r{spec['lora_rank']}-lr{spec['learning_rate']:g}-e{spec['epochs']}"
+
+
 def _trial_name(trial) -> str:
-    t = trial.config["trial"]
-    return f"{t['domain']}-r{t['lora_rank']}-lr{t['learning_rate']:g}-e{t['epochs']}-{trial.trial_id}"
+    return f"{_trial_label(trial.config['trial'])}-{trial.trial_id}"
 
 
 def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
@@ -123,7 +126,6 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
         return PlacementGroupFactory([{"CPU": res.cpu, "GPU": res.gpu}])
 
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
-    param_space = {"trial": tune.grid_search(trials)}
     experiment = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):
         # an earlier attempt of this run was interrupted: finished trials are kept, the rest run again
@@ -133,7 +135,7 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
+            param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
