@@ -136,6 +136,9 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(192, gt=0)
     max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many test records.")
     batch_size: int = Field(8, gt=0)
+    resources: Resources | None = Field(
+        None, description="Ray resources of the domain's task after the sweep (merge, ONNX export, evaluation); "
+        "default: sweep.resources_per_trial.")
 
 
 class GateConfig(_Strict):

@@ -213,8 +213,9 @@ def run(opts: RunOptions) -> dict[str, Any]:
                                  "trials": [{"hparams": o.hparams, "metrics": {}, "error": o.error}
                                             for o in outcomes[name]]}
                 continue
-            res = plan.cfg.sweep.resources_per_trial  # merge/evaluate on the kind of node the trials used
-            pending[name] = finish.options(num_cpus=1, num_gpus=res.gpu, max_retries=0).remote(
+            # merge/evaluate on the kind of node the trials used, unless the config says otherwise
+            res = plan.cfg.eval.resources or plan.cfg.sweep.resources_per_trial
+            pending[name] = finish.options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0).remote(
                 plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir, commit)
         for name, ref in pending.items():
             try:

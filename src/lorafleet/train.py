@@ -119,6 +119,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     from trl import SFTConfig, SFTTrainer
 
     out_dir = Path(out_dir)
+    load_started = time.perf_counter()
     backend = choose_backend(train_cfg.backend)
     base_path = resolve_base_model(base_model)
     if backend == "unsloth":
@@ -158,13 +159,14 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         callbacks=callbacks or [])
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
     started = time.perf_counter()
+    load_seconds = started - load_started  # backend import, base model load (and 4-bit quantisation), trainer setup
     trainer.train()
     final = trainer.evaluate()
     seconds = time.perf_counter() - started
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
-    metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds,
+    metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds, "load_seconds": load_seconds,
                "steps": trainer.state.global_step, "load_in_4bit": _use_4bit(train_cfg)}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
     (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
