@@ -139,19 +139,22 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
 
 
 def compare(paths: list[Path]) -> None:
+    """Speed-up is in trials per second against the 1-GPU run, so a 1-GPU run of part of the workload (same
+    trials per domain, fewer domains) still serves as the base. Slot use: trial-seconds / (slots x wall)."""
     runs = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r["gpus"])
-    one = next((r for r in runs if r["gpus"] == 1), None)
-    print(f"{'GPUs':>4} {'sweep s':>8} {'trial-s':>8} {'speed-up':>8} {'effic.':>7} {'busy':>5} {'occupied':>8} "
-          f"{'load s/trial':>12} {'train s/trial':>13} {'start s/trial':>13}")
+    rate = {r["gpus"]: r["trials_ok"] / r["sweep_seconds"] for r in runs}
+    print(f"{'GPUs':>4} {'trials':>6} {'sweep s':>8} {'trial-s':>8} {'speed-up':>8} {'effic.':>7} {'slot use':>8} "
+          f"{'busy':>5} {'occupied':>8} {'start s':>8} {'load s':>7} {'train s':>8}")
     for r in runs:
-        speedup = one["sweep_seconds"] / r["sweep_seconds"] if one else float("nan")
+        speedup = rate[r["gpus"]] / rate[1] if 1 in rate else float("nan")
+        slots = r["gpus"] * 2  # gpu: 0.5 a trial
         busy = sum(g["busy"] for g in r["gpu"].values()) / max(1, len(r["gpu"]))
         occupied = sum(g["occupied"] for g in r["gpu"].values()) / max(1, len(r["gpu"]))
         n = max(1, r["trials_ok"])
         ph = r["phase_seconds"]
-        print(f"{r['gpus']:>4} {r['sweep_seconds']:>8.0f} {r['trial_seconds']:>8.0f} {speedup:>8.2f} "
-              f"{speedup / r['gpus']:>7.2f} {busy:>5.2f} {occupied:>8.2f} {ph['load'] / n:>12.1f} "
-              f"{ph['train'] / n:>13.1f} {ph['worker_start_and_rest'] / n:>13.1f}")
+        print(f"{r['gpus']:>4} {r['trials_ok']:>6} {r['sweep_seconds']:>8.0f} {r['trial_seconds']:>8.0f} {speedup:>8.2f} "
+              f"{speedup / r['gpus']:>7.2f} {r['trial_seconds'] / (slots * r['sweep_seconds']):>8.2f} {busy:>5.2f} "
+              f"{occupied:>8.2f} {ph['worker_start_and_rest'] / n:>8.1f} {ph['load'] / n:>7.1f} {ph['train'] / n:>8.1f}")
 
 
 def main() -> None:
