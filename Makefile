@@ -14,7 +14,12 @@ setup: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/lorafleet run $(ARGS)
 
-test: $(VENV)/.installed
+# the HTML report test drives headless Chromium (CI: a fresh Debian machine, as root)
+chromium:
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-.PHONY: setup run test
+.PHONY: setup run test chromium

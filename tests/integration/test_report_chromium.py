@@ -1,0 +1,63 @@
+"""The HTML report as a real browser sees it: headless Chromium loads report.html, dumps the DOM, takes a screenshot.
+Chromium is required, not optional: without it this test fails (``make test`` installs it)."""
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from lorafleet.report import write_reports
+from tests.report_sample import sample_report
+
+pytestmark = pytest.mark.integration
+
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+         "--disable-extensions", "--allow-file-access-from-files"]
+
+
+def _chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not binary:
+        pytest.fail("headless Chromium is needed for this test and was not found on PATH (chromium or "
+                    "chromium-browser). Install it: apt-get install -y chromium  (make test does this)")
+    return binary
+
+
+def _browse(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    # a private profile so parallel runs and the user's profile do not interfere
+    cmd = [_chromium(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+
+
+@pytest.fixture
+def report_html(tmp_path):
+    write_reports(sample_report(), tmp_path / "contracts")
+    return tmp_path / "contracts" / "report.html"
+
+
+def test_chromium_renders_plots_tables_and_verdict_first(report_html, tmp_path):
+    done = _browse(tmp_path, "--dump-dom", report_html.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    body = dom[dom.index("<body"):]
+    # the verdict is the first thing in the page, and names the failing check
+    first = re.search(r"<body[^>]*>\s*<(\w+)([^>]*)>([^<]*)<", body)
+    assert first and 'class="verdict v-gated"' in first.group(2), body[:500]
+    assert first.group(3).startswith("GATED") and "field amount &gt;= 0.75" in first.group(3)
+    # the plots parsed as SVG with drawn paths
+    svgs = re.findall(r"<svg\b.*?</svg>", body, flags=re.DOTALL)
+    assert len(svgs) >= 3 and all(svg.count("<path") >= 5 for svg in svgs)
+    # the gate and metric tables, with their rows
+    gate = re.search(r'<table class="gate">.*?</table>', body, flags=re.DOTALL).group(0)
+    assert gate.count("<tr") == 1 + 4 and "FAIL" in gate and "field_regression" in gate
+    metrics = re.search(r'<table class="metrics metrics-test">.*?</table>', body, flags=re.DOTALL).group(0)
+    assert "schema_pass_rate" in metrics and "+0.360" in metrics and "onnx" in metrics
+    assert "<script" not in body  # the user's <script> text stayed text
+
+
+def test_chromium_screenshot(report_html, tmp_path):
+    shot = tmp_path / "report.png"
+    done = _browse(tmp_path, "--window-size=1200,3000", f"--screenshot={shot}", report_html.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 50_000, f"screenshot only {shot.stat().st_size} bytes: a blank page?"
