@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     ver = sub.add_parser("verify", help="re-hash a published run's or domain's objects against their manifests")
     ver.add_argument("uri", help="<storage>/runs/<run_id> or <storage>/runs/<run_id>/<domain>")
+    rep = sub.add_parser("report", help="print a run's per-domain verdicts and key numbers")
+    rep.add_argument("uri", help="<storage>/runs/<run_id>")
     fetch = sub.add_parser("fetch", help="download a domain's ONNX model (default: latest), verifying hashes")
     fetch.add_argument("domain")
     fetch.add_argument("dest", help="new folder to create")
@@ -114,23 +116,24 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from lorafleet.publish import read_run_summary
+
+    print_summary(read_run_summary(_storage_uri(args.uri)))
+    return 0
+
+
 def print_summary(summary: dict) -> None:
+    from lorafleet.report import summary_table
+
     print(f"\nrun {summary['run_id']}: {summary['status']} in {summary['seconds']:.0f}s")
+    print(summary_table(summary))
     for name, d in summary["domains"].items():
-        tuned = d["metrics"].get("tuned", {})
-        base = d["metrics"].get("base", {})
-        line = f"  {name:<16} {d['status']:<10}"
-        if tuned:
-            line += (f" schema_pass {base.get('schema_pass_rate', 0):.2f} -> {tuned['schema_pass_rate']:.2f}"
-                     f"  field_acc {base.get('field_accuracy', 0):.2f} -> {tuned['field_accuracy']:.2f}")
-        if d.get("onnx_parity"):
-            line += f"  onnx match {d['onnx_parity']['greedy_match_rate']:.2f}"
-        if d.get("error"):
-            line += f"  {d['error'][:200]}"
-        print(line)
-        if d["artifacts"].get("report"):
-            print(f"  {'':<16} report: {d['artifacts']['report']}")
+        if d.get("artifacts", {}).get("report"):
+            print(f"  {name}: {d['artifacts']['report']}")
     print(f"summary: {summary['summary_uri']}")
+    if summary.get("index_uri"):
+        print(f"index:   {summary['index_uri']}")
 
 
 def configure_logging() -> None:
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "fetch":
             return cmd_fetch(args)
+        if args.command == "report":
+            return cmd_report(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))

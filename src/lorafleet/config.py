@@ -120,12 +120,17 @@ class SweepConfig(_Strict):
 class RankKey(_Strict):
     metric: str
     mode: Literal["min", "max"] = "min"
+    threshold: float | None = Field(
+        None, description="Makes the key a filter: keep the trials that reach it (>= for max, <= for min); "
+        "when none does, keep all.")
+    within: float = Field(0.0, ge=0, description="Trials this close to the best count as tied; the next key decides.")
 
 
 class SelectConfig(_Strict):
     rule: list[RankKey] = Field(
         default_factory=lambda: [RankKey(metric="eval_loss", mode="min")],
-        description="Ordered ranking keys; ties on the first are broken by the next.")
+        description="Ordered keys over the trials' validation metrics: each keeps the trials that reach its "
+        "threshold, then those within `within` of the best; the next key decides among them.")
 
 
 class ExportConfig(_Strict):
@@ -134,16 +139,47 @@ class ExportConfig(_Strict):
 
 class EvalConfig(_Strict):
     max_new_tokens: int = Field(192, gt=0)
-    max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many test records.")
+    max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many test (and val) records.")
     batch_size: int = Field(8, gt=0)
+    golden: str | None = Field(None, description="Hand-written golden set (the data's format), relative to the YAML.")
+    number_tolerance: float = Field(0.01, ge=0, description="Relative tolerance for numeric fields.")
+    evidence_fields: list[str] = Field(
+        default_factory=list, description="Fields whose items must be quoted verbatim from the input (grounding).")
+    text_fields: list[str] = Field(default_factory=list, description="Free-text fields scored with chrF and ROUGE-L.")
+    score_weights: dict[Literal["json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l"], float] = Field(
+        default_factory=lambda: {"json_valid": 0.2, "schema_pass": 0.3, "field_accuracy": 0.5},
+        description="score = 100 x weighted mean of these per-example values (points).")
+    bootstrap_samples: int = Field(1000, gt=0, description="Resamples for the 95 % confidence intervals.")
+    seed: int = 0
     resources: Resources | None = Field(
         None, description="Ray resources of the domain's task after the sweep (merge, ONNX export, evaluation); "
         "default: sweep.resources_per_trial.")
 
 
+EVAL_METRICS = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding", "chrf", "rouge_l",
+                "eval_loss", "perplexity")
+
+
 class GateConfig(_Strict):
     min: dict[str, float] = Field(
-        default_factory=dict, description="metric -> lowest value the tuned model may reach to be published.")
+        default_factory=dict, description="metric -> lowest value the tuned model may have on the test split.")
+    not_below_base: list[str] = Field(
+        default_factory=list, description="Metrics on which the tuned model may not score below the base model.")
+    min_improvement: dict[str, float] = Field(
+        default_factory=dict, description="metric -> smallest tuned-minus-base gain, judged on the lower end of "
+        "the gain's 95 % interval.")
+    max_field_regression: float | None = Field(
+        None, ge=0, description="No field's accuracy may fall below the base model's by more than this.")
+    golden_min: dict[str, float] = Field(
+        default_factory=dict, description="metric -> lowest value the tuned model may have on the golden set.")
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> "GateConfig":
+        named = [*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min]
+        unknown = sorted({m for m in named if m not in EVAL_METRICS})
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
+        return self
 
 
 class DomainConfig(_Strict):
@@ -181,6 +217,10 @@ class DomainConfig(_Strict):
     @property
     def schema_path(self) -> str:
         return self.resolve(self.output_schema)
+
+    @property
+    def golden_path(self) -> str | None:
+        return self.resolve(self.eval.golden) if self.eval.golden else None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -278,7 +318,10 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
-    for label, ref in (("data.path", cfg.data_path), ("output_schema", cfg.schema_path)):
+    files = [("data.path", cfg.data_path), ("output_schema", cfg.schema_path)]
+    if cfg.golden_path:
+        files.append(("eval.golden", cfg.golden_path))
+    for label, ref in files:
         if "://" not in ref and not Path(ref).is_file():
             raise ConfigError(f"{path}: {label}: file not found: {ref}")
     return cfg

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import jsonschema
 
 from lorafleet import governance
 from lorafleet.config import DomainConfig
@@ -60,6 +61,8 @@ class PreparedData:
     val: list[Example]
     test: list[Example]
     manifest: DatasetManifest
+    schema: dict[str, Any] = field(default_factory=dict)
+    golden: list[Example] = field(default_factory=list)
 
     def split(self, name: str) -> list[Example]:
         return getattr(self, name)
@@ -135,20 +138,40 @@ def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, record
 
 
-def load_examples(cfg: DomainConfig) -> tuple[list[Example], int]:
+def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Example], int]:
+    """The records of ``path`` (default: the domain's data) through the domain's format adapter."""
+    path = path or cfg.data_path
     examples, n_read = [], 0
-    for line_no, record in read_records(cfg.data_path):
+    for line_no, record in read_records(path):
         n_read += 1
         try:
             examples.append(to_example(record, cfg, line_no))
         except KeyError as exc:
-            raise DataError(f"{cfg.data_path}:{line_no}: missing field {exc.args[0]!r} "
+            raise DataError(f"{path}:{line_no}: missing field {exc.args[0]!r} "
                             f"for format {cfg.data.format!r}") from exc
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{cfg.data_path}:{line_no}: {exc}") from exc
+            raise DataError(f"{path}:{line_no}: {exc}") from exc
     if not examples:
-        raise DataError(f"{cfg.data_path}: no records")
+        raise DataError(f"{path}: no records")
     return examples, n_read
+
+
+def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:
+    """The domain's hand-written golden set: evaluated every run, never trained on. Every answer must
+    satisfy the schema; a bad record stops the domain, naming file and line."""
+    if not cfg.golden_path:
+        return []
+    examples, _ = load_examples(cfg, cfg.golden_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    for e in examples:
+        try:
+            answer = json.loads(e.completion)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{cfg.golden_path}:{e.line}: the answer is not JSON: {exc.msg}") from exc
+        error = next(iter(validator.iter_errors(answer)), None)
+        if error is not None:
+            raise DataError(f"{cfg.golden_path}:{e.line}: the answer breaks the schema: {error.message}")
+    return examples
 
 
 def split_by_group(examples: list[Example], ratios: dict[str, float], seed: int) -> dict[str, list[Example]]:
@@ -195,7 +218,7 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedDat
         dataset_version=dataset_version(splits), records_read=n_read,
         counts={s: len(splits[s]) for s in SPLITS},
         groups={s: len({e.group for e in splits[s]}) for s in SPLITS}, drops=drops)
-    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest)
+    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest, schema, load_golden(cfg, schema))
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     return prepared

@@ -1,68 +1,34 @@
 """Evaluation: greedy answers on the test split, scored as JSON. Numbers only; no verdicts."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-import unicodedata
 from typing import Any, Callable
 
 import jsonschema
 
+from lorafleet import metrics
+from lorafleet.config import EvalConfig
 from lorafleet.data import Example
+from lorafleet.metrics import MetricSpec
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("json_valid_rate", "schema_pass_rate", "field_accuracy")
+KEY_METRICS = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score")
 
 
-def _norm(value: Any) -> Any:
-    """Normalise a field value so that formatting differences do not count as errors."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, (int, float)):
-        return round(float(value), 6)
-    if isinstance(value, str):
-        return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
-    if isinstance(value, list):
-        return sorted((json.dumps(_norm(v), sort_keys=True, ensure_ascii=False) for v in value))
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in sorted(value.items())}
-    return value
+def metric_spec(eval_cfg: EvalConfig) -> MetricSpec:
+    return MetricSpec(number_tolerance=eval_cfg.number_tolerance, evidence_fields=tuple(eval_cfg.evidence_fields),
+                      text_fields=tuple(eval_cfg.text_fields), score_weights=tuple(eval_cfg.score_weights.items()))
 
 
-def parse_answer(text: str) -> Any:
-    """The model's answer as JSON, or None. Tolerates nothing but surrounding whitespace."""
-    try:
-        return json.loads(text.strip())
-    except (json.JSONDecodeError, ValueError):
-        return None
-
-
-def score(predictions: list[str], references: list[str], schema: dict) -> dict[str, float]:
-    """json_valid_rate, schema_pass_rate, field_accuracy (mean exact match of top-level fields) and n."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+def score_rows(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One row per example: what was asked, expected and answered, and its per-example metric values."""
     validator = jsonschema.Draft202012Validator(schema)
-    valid = passed = 0
-    field_scores = []
-    for pred_text, ref_text in zip(predictions, references):
-        ref = json.loads(ref_text)
-        pred = parse_answer(pred_text)
-        is_json = pred is not None
-        valid += is_json
-        passed += is_json and validator.is_valid(pred)
-        if isinstance(ref, dict) and ref:
-            got = pred if isinstance(pred, dict) else {}
-            hits = sum(k in got and _norm(got[k]) == _norm(v) for k, v in ref.items())
-            field_scores.append(hits / len(ref))
-    n = len(references)
-    return {
-        "json_valid_rate": valid / n if n else 0.0,
-        "schema_pass_rate": passed / n if n else 0.0,
-        "field_accuracy": sum(field_scores) / len(field_scores) if field_scores else 0.0,
-        "n": n,
-    }
+    spec = metric_spec(eval_cfg)
+    return [{"id": e.id, "input": e.user_text, "expected": e.completion, "got": a,
+             **metrics.score_example(a, e.completion, e.user_text, validator, spec)}
+            for e, a in zip(examples, answers)]
 
 
 def model_device(model):
@@ -123,13 +89,43 @@ def load_onnx_model(path: str):
     return ORTModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, max_new_tokens: int,
-                   batch_size: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics plus the per-example rows (prompt, expected, got) for reports."""
-    answers = generate(model, tokenizer, examples, max_new_tokens, batch_size)
-    metrics = score(answers, [e.completion for e in examples], schema)
-    rows = [{"id": e.id, "input": e.user_text, "expected": e.completion, "got": a} for e, a in zip(examples, answers)]
-    return metrics, rows
+def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, float]:
+    """Mean cross-entropy of the reference answers given their prompts (teacher forcing, answer tokens only),
+    and its perplexity. One example a forward pass: works for torch and onnxruntime models alike."""
+    import torch
+
+    total, tokens = 0.0, 0
+    for e in examples:
+        prompt = tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(e.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt_ids + answer_ids])
+        with torch.inference_mode():
+            logits = torch.as_tensor(model(input_ids=ids.to(model_device(model)),
+                                           attention_mask=torch.ones_like(ids).to(model_device(model))).logits)
+        logits = logits.float().cpu()[0, len(prompt_ids) - 1:-1]
+        total += torch.nn.functional.cross_entropy(logits, torch.tensor(answer_ids), reduction="sum").item()
+        tokens += len(answer_ids)
+    loss = total / tokens if tokens else float("nan")
+    return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 50 else float("inf")}
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, eval_cfg: EvalConfig,
+                   with_loss: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy answers scored per example, summarised with 95 % bootstrap intervals (``metrics.aggregate``),
+    plus eval loss and perplexity. Returns the summary and the per-example rows."""
+    answers = generate(model, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    rows = score_rows(examples, answers, schema, eval_cfg)
+    summary = metrics.aggregate(rows, samples=eval_cfg.bootstrap_samples, seed=eval_cfg.seed)
+    if with_loss and examples:
+        summary["metrics"].update({k: {"value": v, "ci": None}
+                                   for k, v in completion_loss(model, tokenizer, examples).items()})
+    return summary, rows
+
+
+def values(summary: dict[str, Any]) -> dict[str, float]:
+    """``{metric: value}`` of an ``evaluate_model`` summary."""
+    return {k: m["value"] for k, m in summary.get("metrics", {}).items()}
 
 
 def is_finite_metrics(metrics: dict[str, float]) -> bool:

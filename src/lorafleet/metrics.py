@@ -109,7 +109,7 @@ def _field_score(pred: Any, ref: Any, tol: float = 0.01) -> float:
 
 
 def _parse(text: str) -> tuple[bool, Any]:
-    """(ok, value): strict JSON after stripping whitespace, like evaluate.parse_answer, but ``null`` is valid."""
+    """(ok, value): strict JSON after stripping whitespace, ``null`` included."""
     try:
         return True, json.loads(text.strip())
     except ValueError:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet import data as data_mod
-from lorafleet import __version__, evaluate, export, gate, lineage, merge, publish, report, select, sweep
+from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, publish, report, select, sweep
 from lorafleet.base_model import ensure_tiny_base, resolve_base_model
 from lorafleet.config import ConfigError, DomainConfig, load_domain
 
@@ -71,38 +71,47 @@ def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[
 
 def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], run_id: str, storage_uri: str,
                   work_dir: Path, git_commit: str | None = None) -> dict[str, Any]:
-    """Winner -> merge -> ONNX -> evaluate -> gate -> report -> publish, for one domain (a Ray task)."""
+    """Winner -> merge -> evaluate (base, tuned, ONNX; test split and golden set) -> gate -> report ->
+    publish, for one domain (a Ray task)."""
     cfg, prepared = plan.cfg, plan.data
     name = cfg.name
     out = work_dir / name
     base_path = resolve_base_model(cfg.base_model)
     trials = [{"hparams": o.hparams, "metrics": o.metrics, **({"error": o.error} if o.error else {})}
               for o in outcomes]
-    winner = outcomes[select.pick_winner(trials, cfg.select.rule)]
-    log.info("[%s] winner %s (%s)", name, winner.hparams, {k: winner.metrics.get(k) for k in ("eval_loss",)})
+    winner_index, selection_notes = select.pick_winner(trials, cfg.select.rule)
+    winner = outcomes[winner_index]
+    log.info("[%s] 1/5 winner %s: %s", name, winner.hparams, "; ".join(selection_notes) or "the only trial")
 
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     winner.checkpoint.to_directory(str(adapter_dir))
-    log.info("[%s] merging adapter into the 16-bit base", name)
+    log.info("[%s] 2/5 merging the adapter into the 16-bit base", name)
     merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged", snapshot={"winner": winner.hparams})
     # the config that produced these weights travels with them (litgpt keeps hyperparameters.yaml the same way)
     (merged_dir / "lorafleet_config.json").write_text(json.dumps(lineage.config_snapshot(cfg), indent=2))
 
-    schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
-    test = prepared.test[: cfg.eval.max_examples] if cfg.eval.max_examples else prepared.test
+    splits = {"test": prepared.test[: cfg.eval.max_examples] if cfg.eval.max_examples else prepared.test,
+              "golden": prepared.golden}
+    evaluation: dict[str, dict[str, Any]] = {split: {} for split, examples in splits.items() if examples}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     eval_dir = out / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics, rows = {}, {}
 
-    def run_eval(kind: str, model, tokenizer) -> None:
-        log.info("[%s] evaluating %s model on %d test records", name, kind, len(test))
-        metrics[kind], rows[kind] = evaluate.evaluate_model(
-            model, tokenizer, test, schema, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-        with open(eval_dir / f"{kind}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[kind])
-        log.info("[%s] %s: %s", name, kind, {k: round(v, 3) for k, v in metrics[kind].items()})
+    def run_eval(kind: str, model, tokenizer, split_names=("test", "golden")) -> None:
+        for split in split_names:
+            if split not in evaluation:
+                continue
+            log.info("[%s] 3/5 evaluating the %s model on %d %s records", name, kind, len(splits[split]), split)
+            evaluation[split][kind], rows[split, kind] = evaluate.evaluate_model(
+                model, tokenizer, splits[split], prepared.schema, cfg.eval)
+            with open(eval_dir / f"{split}-{kind}.jsonl", "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[split, kind])
+            shown = evaluate.values(evaluation[split][kind])
+            log.info("[%s] %s %s: %s", name, kind, split,
+                     ", ".join(f"{k} {shown[k]:.3f}" for k in evaluate.KEY_METRICS if k in shown))
 
+    test = splits["test"]
     run_eval("base", *evaluate.load_torch_model(base_path))
     tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir))
     run_eval("tuned", tuned_model, tokenizer)
@@ -115,22 +124,28 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     log.info("[%s] merge drift: %s", name, drift)
     parity = None
     if cfg.export.onnx:
-        log.info("[%s] exporting to ONNX", name)
+        log.info("[%s] 4/5 exporting to ONNX", name)
         onnx_dir = export.to_onnx(merged_dir, out / "onnx")
         onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
         parity = export.check_parity(tuned_model, onnx_model, tokenizer, test[:8])
         drift["merged_vs_onnx"] = parity
         log.info("[%s] ONNX parity: %s", name, parity)
-        run_eval("onnx", onnx_model, onnx_tokenizer)
+        run_eval("onnx", onnx_model, onnx_tokenizer, split_names=("test",))
+    for split in evaluation:
+        evaluation[split]["delta"] = metrics.paired_delta(
+            rows[split, "base"], rows[split, "tuned"], samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
 
-    verdict = gate.decide(metrics["tuned"], cfg.gate)
+    verdict = gate.decide(cfg.gate, evaluation["test"]["tuned"], evaluation["test"]["base"],
+                          evaluation["test"]["delta"], evaluation.get("golden", {}).get("tuned"))
     status = "published" if verdict["passed"] else "gated"
+    failed_checks = [c["name"] for c in verdict["checks"] if not c["passed"]]
+    log.info("[%s] 5/5 gate: %s%s", name, status, f" (failed: {', '.join(failed_checks)})" if failed_checks else "")
     record = {
         "run_id": run_id, "lorafleet_version": __version__, "git_commit": git_commit,
         "packages": lineage.package_versions(), "config": lineage.config_snapshot(cfg),
         "config_sha256": lineage.config_sha256(cfg), "dataset_version": prepared.manifest.dataset_version,
-        "split_counts": prepared.manifest.counts,
-        "seeds": {"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed},
+        "split_counts": prepared.manifest.counts, "golden_records": len(prepared.golden),
+        "seeds": {"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
         "base_model": cfg.base_model, "base_model_sha256": lineage.weights_sha256(base_path),
         "winner": winner.hparams, "trial_count": len(outcomes), "backend": winner.metrics.get("backend"),
         "merged_sha256": lineage.weights_sha256(merged_dir),
@@ -139,25 +154,49 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     prefix = publish.domain_prefix(run_id, name)
     artifacts = {"adapter": storage.url(f"{prefix}/adapter"), "merged": storage.url(f"{prefix}/merged"),
                  "onnx": storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
-                 "report": storage.url(f"{prefix}/report.md"), "data": storage.url(f"{prefix}/data")}
-    domain_summary = {"status": status, "error": None, "trials": trials, "winner": winner.hparams,
-                      "metrics": metrics, "onnx_parity": parity, "merge_drift": drift, "gate": verdict,
-                      "artifacts": artifacts}
-    failing = [r for r, ok in zip(rows["tuned"], _schema_ok(rows["tuned"], schema)) if not ok][:5]
+                 "report": storage.url(f"{prefix}/report.html"), "data": storage.url(f"{prefix}/data")}
+    domain_summary = {
+        "status": status, "error": None, "trials": trials, "winner": winner.hparams,
+        "metrics": {kind: {**evaluate.values(e), "n": e["n"]} for kind, e in evaluation["test"].items() if kind != "delta"},
+        "golden_metrics": {kind: {**evaluate.values(e), "n": e["n"]} for kind, e in evaluation.get("golden", {}).items()
+                           if kind != "delta"} or None,
+        "key_metrics": _key_metrics(evaluation),
+        "onnx_parity": parity, "merge_drift": drift, "gate": verdict, "artifacts": artifacts}
     report.write_reports({
         "run_id": run_id,
         "domain": {"name": name, "description": cfg.description, "base_model": cfg.base_model, "status": status,
                    "error": None},
-        **{k: domain_summary[k] for k in ("trials", "winner", "metrics", "onnx_parity", "merge_drift", "gate")},
-        "data": asdict(prepared.manifest),
-        "histories": {str(i): o.history for i, o in enumerate(outcomes)}, "failing_examples": failing,
-        "lineage": record,
+        "gate": verdict, "evaluation": {"test": evaluation["test"], "golden": evaluation.get("golden")},
+        "failing_examples": _failing_examples(rows["test", "tuned"]),
+        "trials": [{**t, "error": o.error, "history": o.history, "winner": i == winner_index}
+                   for i, (t, o) in enumerate(zip(trials, outcomes))],
+        "selection": {"rule": select.describe(cfg.select.rule), "explanation": "; ".join(selection_notes)},
+        "onnx_parity": parity, "merge_drift": drift, "data": asdict(prepared.manifest), "lineage": record,
     }, out)
     (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(domain_summary, indent=2, ensure_ascii=False))
     publish.publish_domain(storage, run_id, name, out, extra={"status": status, "lineage": record})
     if status == "published":
         publish.promote(storage, run_id, name)
     return domain_summary
+
+
+def _key_metrics(evaluation: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The few numbers the run index shows for a domain."""
+    test = evaluation["test"]
+    tuned = evaluate.values(test["tuned"])
+    keys = {k: tuned[k] for k in ("schema_pass_rate", "field_accuracy", "score") if k in tuned}
+    if "score" in test["delta"]:
+        keys["score gain"] = test["delta"]["score"]["value"]
+    if "golden" in evaluation:
+        keys["golden score"] = evaluate.values(evaluation["golden"]["tuned"]).get("score")
+    return keys
+
+
+def _failing_examples(rows: list[dict[str, Any]], per_field: int = 3) -> list[dict[str, Any]]:
+    """For the tuned model's worst fields, a few test examples it got wrong."""
+    return [{"field": f, "examples": [{k: r[k] for k in ("id", "input", "expected", "got")}
+                                      for r in rows if r["fields"].get(f, 0.0) < 1.0][:per_field]}
+            for f in metrics.worst_fields(rows)]
 
 
 def resume_published(storage: publish.Storage, run_id: str, name: str) -> dict[str, Any] | None:
@@ -169,10 +208,6 @@ def resume_published(storage: publish.Storage, run_id: str, name: str) -> dict[s
     if entry["status"] == "published":
         publish.promote(storage, run_id, name)
     return entry
-
-
-def _schema_ok(rows: list[dict[str, Any]], schema: dict) -> list[bool]:
-    return [evaluate.score([r["got"]], [r["expected"]], schema)["schema_pass_rate"] == 1.0 for r in rows]
 
 
 def run(opts: RunOptions) -> dict[str, Any]:
@@ -230,4 +265,8 @@ def run(opts: RunOptions) -> dict[str, Any]:
     summary = {"run_id": opts.run_id, "status": status, "seconds": round(time.time() - started, 1),
                "storage": opts.storage, "domains": dict(sorted(domains.items()))}
     summary["summary_uri"] = publish.write_summary(storage, opts.run_id, summary)
+    index = report.render_index({**summary, "domains": {
+        name: {**d, "report_href": f"{name}/report.html" if d["status"] != "failed" else None}
+        for name, d in summary["domains"].items()}})
+    summary["index_uri"] = publish.write_run_file(storage, opts.run_id, "index.html", index)
     return summary

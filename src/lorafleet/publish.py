@@ -203,6 +203,23 @@ def write_summary(storage: Storage, run_id: str, summary: dict[str, Any]) -> str
     return storage.url(key)
 
 
+def write_run_file(storage: Storage, run_id: str, name: str, text: str) -> str:
+    """A run-level file beside summary.json (the run's index.html)."""
+    key = f"{run_prefix(run_id)}/{name}"
+    storage.write_bytes(key, text.encode("utf-8"))
+    return storage.url(key)
+
+
+def read_run_summary(uri: str) -> dict[str, Any]:
+    """A run's summary.json, from ``<storage>/runs/<run_id>``."""
+    root, run_id, _ = split_uri(uri)
+    storage = Storage(root)
+    key = f"{run_prefix(run_id)}/summary.json"
+    if not storage.exists(key):
+        raise PublishError(f"{storage.url(key)}: no run summary there")
+    return storage.read_json(key)
+
+
 def read_domain_summary(storage: Storage, run_id: str, domain: str) -> dict[str, Any]:
     return storage.read_json(f"{domain_prefix(run_id, domain)}/{DOMAIN_SUMMARY}")
 

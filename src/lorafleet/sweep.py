@@ -99,9 +99,22 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
     plan = plans[spec["domain"]]
     work = Path(tune.get_context().get_trial_dir()) / "work"
     result = train_trial(plan.cfg.base_model, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
-                         plan.data.val, work, callbacks=[ReportToTune()])
+                         plan.data.val, work, callbacks=[ReportToTune()],
+                         after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
     final = {**result.metrics, "backend": result.backend, "history": result.history, "step": result.metrics["steps"]}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
+
+
+def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[str, float]:
+    """Greedy answers on the validation split, scored like the test split: what ``select.rule`` ranks."""
+    from lorafleet import evaluate, metrics
+
+    val = plan.data.val[: plan.cfg.eval.max_examples]
+    answers = evaluate.generate(model, tokenizer, val, plan.cfg.eval.max_new_tokens, plan.cfg.eval.batch_size)
+    rows = evaluate.score_rows(val, answers, plan.data.schema, plan.cfg.eval)
+    values = evaluate.values(metrics.aggregate(rows, samples=1))
+    log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    return values
 
 
 def _trial_label(spec: dict[str, Any]) -> str:
@@ -110,6 +123,36 @@ def _trial_label(spec: dict[str, Any]) -> str:
 
 def _trial_name(trial) -> str:
     return f"{_trial_label(trial.config['trial'])}-{trial.trial_id}"
+
+
+def trial_progress(total: int):
+    """A Tune callback that logs a line as each trial ends: how many are done, and its result."""
+    import time
+
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.done = 0
+            self.started: dict[str, float] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started.setdefault(trial.trial_id, time.time())
+            log.info("sweep: started %s", _trial_label(trial.config["trial"]))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            result = trial.last_result or {}
+            shown = {k: result[k] for k in ("eval_loss", "schema_pass_rate", "score") if isinstance(result.get(k), float)}
+            seconds = time.time() - self.started.get(trial.trial_id, time.time())
+            log.info("sweep: %d/%d trials done: %s in %.0f s (%s)", self.done, total, _trial_label(trial.config["trial"]),
+                     seconds, ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            log.error("sweep: %d/%d trials done: %s FAILED", self.done, total, _trial_label(trial.config["trial"]))
+
+    return TrialProgress()
 
 
 def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
@@ -125,6 +168,7 @@ def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storag
         res = plans[config["trial"]["domain"]].cfg.sweep.resources_per_trial
         return PlacementGroupFactory([{"CPU": res.cpu, "GPU": res.gpu}])
 
+    callbacks = [trial_progress(len(trials)), *(callbacks or [])]
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
     experiment = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lorafleet.base_model import resolve_base_model
 from lorafleet.config import TrainConfig
@@ -111,8 +111,10 @@ def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
 
 
 def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
-                val: list[Example], out_dir: str | Path, callbacks: list | None = None) -> TrialResult:
-    """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``."""
+                val: list[Example], out_dir: str | Path, callbacks: list | None = None,
+                after_training: Callable[[Any, Any], dict[str, float]] | None = None) -> TrialResult:
+    """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
+    ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -163,11 +165,19 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     trainer.train()
     final = trainer.evaluate()
     seconds = time.perf_counter() - started
+    extra: dict[str, float] = {}
+    if after_training:
+        if backend == "unsloth":
+            from unsloth import FastLanguageModel
+
+            FastLanguageModel.for_inference(trainer.model)  # Unsloth's generation path
+        trainer.model.eval()
+        extra = after_training(trainer.model, tokenizer)
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds, "load_seconds": load_seconds,
-               "steps": trainer.state.global_step, "load_in_4bit": _use_4bit(train_cfg)}
+               "steps": trainer.state.global_step, "load_in_4bit": _use_4bit(train_cfg), **extra}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
     (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
         {"hparams": asdict(hp), "backend": backend, "base_model": base_model, "metrics": metrics}, indent=2))

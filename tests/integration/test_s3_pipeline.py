@@ -32,7 +32,8 @@ def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str
     shutil.copy(DOMAINS_DIR / f"{domain}.yaml", config_dir)
     shutil.copytree(DOMAINS_DIR / domain, config_dir / domain)
     quick = [f"base_model={base}", "train.max_steps=4", "train.eval_steps=2", "gate.min.schema_pass_rate=0",
-             "gate.min.json_valid_rate=0", *sets]
+             "gate.min.json_valid_rate=0", "gate.not_below_base=[]", "gate.min_improvement.score=-100",
+             "gate.max_field_regression=1", "gate.golden_min.schema_pass_rate=0", *sets]
     return ["run", "--config-dir", str(config_dir), "--storage", storage, "--run-id", run_id,
             "--work-dir", str(tmp_path / "work"), *[arg for s in quick for arg in ("--set", s)]]
 

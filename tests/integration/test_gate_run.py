@@ -1,0 +1,68 @@
+"""Acceptance of the release gate end to end: a run with a deliberately useless override (learning rate
+1e-9) trains nothing, so the bundled gate must refuse it: the domain ends `gated`, the failing checks are
+named in the summary, the reports and `lorafleet report`, artifacts are kept, and `latest.json` stays put."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorafleet import publish
+from lorafleet.cli import main
+from tests.conftest import DOMAINS_DIR
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    temp_dir = Path("/tmp") / f"raygate{os.getpid()}"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
+             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local_ray, small_base, tmp_path, capsys):
+    config_dir = tmp_path / "domains"
+    config_dir.mkdir()
+    shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
+    shutil.copytree(DOMAINS_DIR / "medical", config_dir / "medical")
+    storage_dir = tmp_path / "store"
+    storage = publish.Storage(str(storage_dir))
+    earlier = {"run_id": "an-earlier-run", "domain": "medical"}
+    storage.write_json(publish.latest_key("medical"), earlier)  # what consumers follow today
+
+    sets = [f"base_model={small_base}", "train.max_steps=4", "train.eval_steps=2", "sweep.space.lora_rank=[4]",
+            "sweep.space.learning_rate=[1e-9]", "eval.max_examples=4", "eval.max_new_tokens=24"]
+    args = ["run", "--config-dir", str(config_dir), "--storage", str(storage_dir), "--run-id", "useless",
+            "--work-dir", str(tmp_path / "work"), *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0  # a gated domain is a normal outcome, not a failed job
+
+    entry = storage.read_json("runs/useless/summary.json")["domains"]["medical"]
+    assert entry["status"] == "gated"
+    failed = [c["name"] for c in entry["gate"]["checks"] if not c["passed"]]
+    assert "score gain >= 10" in failed and "schema_pass_rate >= 0.3" in failed, entry["gate"]
+    assert storage.read_json(publish.latest_key("medical")) == earlier  # the pointer did not move
+    assert publish.verify(f"{storage_dir}/runs/useless") == []  # artifacts and reports are kept, whole
+
+    domain_dir = storage_dir / "runs" / "useless" / "medical"
+    markdown = (domain_dir / "report.md").read_text()
+    assert markdown.startswith("# GATED") and "score gain >= 10" in markdown.splitlines()[0]
+    html = (domain_dir / "report.html").read_text()
+    assert "score gain &gt;= 10" in html and html.count("<svg") >= 3
+    report = json.loads((domain_dir / "report.json").read_text())
+    assert {"base", "tuned", "onnx", "delta"} <= set(report["evaluation"]["test"])
+    assert report["evaluation"]["golden"]["tuned"]["n"] == 12  # the golden set is scored every run
+    index = (storage_dir / "runs" / "useless" / "index.html").read_text()
+    assert 'href="medical/report.html"' in index and "GATED" in index
+
+    capsys.readouterr()
+    assert main(["report", f"{storage_dir}/runs/useless"]) == 0
+    printed = capsys.readouterr().out
+    line = next(row for row in printed.splitlines() if row.startswith("medical"))
+    assert "GATED" in line and "score gain >= 10" in line
