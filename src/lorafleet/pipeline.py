@@ -264,9 +264,10 @@ def run(opts: RunOptions) -> dict[str, Any]:
     status = "succeeded" if failed == 0 else ("failed" if failed == len(domains) else "partial")
     summary = {"run_id": opts.run_id, "status": status, "seconds": round(time.time() - started, 1),
                "storage": opts.storage, "domains": dict(sorted(domains.items()))}
-    summary["summary_uri"] = publish.write_summary(storage, opts.run_id, summary)
     index = report.render_index({**summary, "domains": {
         name: {**d, "report_href": f"{name}/report.html" if d["status"] != "failed" else None}
         for name, d in summary["domains"].items()}})
     summary["index_uri"] = publish.write_run_file(storage, opts.run_id, "index.html", index)
+    summary["summary_uri"] = publish.summary_url(storage, opts.run_id)
+    publish.write_summary(storage, opts.run_id, summary)  # last: a run with a summary is a finished run
     return summary

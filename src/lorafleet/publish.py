@@ -197,6 +197,10 @@ def promote(storage: Storage, run_id: str, domain: str) -> bool:
     return True
 
 
+def summary_url(storage: Storage, run_id: str) -> str:
+    return storage.url(f"{run_prefix(run_id)}/summary.json")
+
+
 def write_summary(storage: Storage, run_id: str, summary: dict[str, Any]) -> str:
     key = f"{run_prefix(run_id)}/summary.json"
     storage.write_json(key, summary)
