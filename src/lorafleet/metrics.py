@@ -13,6 +13,7 @@ renormalised; when nothing is left the score is None. The default is 20 json_val
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import unicodedata
@@ -21,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rouge_score import rouge_scorer
-from sacrebleu.metrics import CHRF
 
 ROW_VALUES = ("json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l")
 METRICS = {"json_valid_rate": "json_valid", "schema_pass_rate": "schema_pass", "field_accuracy": "field_accuracy",
@@ -58,8 +57,13 @@ class _WordTokenizer:
         return "".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text).split()
 
 
-_CHRF = CHRF()
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
+@functools.cache
+def _text_scorers():
+    """chrF and ROUGE-L scorers, imported only by domains that score free text."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import CHRF
+
+    return CHRF(), rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
 
 
 def _text(s: str, casefold: bool = True) -> str:
@@ -131,7 +135,8 @@ def _text_scores(pred: str | None, ref: str) -> tuple[float, float]:
         return 0.0, 0.0
     if not pred.strip() and not ref.strip():
         return 1.0, 1.0
-    return _CHRF.sentence_score(pred, [ref]).score / 100, _ROUGE.score(ref, pred)["rougeL"].fmeasure
+    chrf, rouge = _text_scorers()
+    return chrf.sentence_score(pred, [ref]).score / 100, rouge.score(ref, pred)["rougeL"].fmeasure
 
 
 def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec) -> dict:
