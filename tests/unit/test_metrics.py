@@ -118,6 +118,9 @@ def test_chrf_and_rouge_l():
     chrf, rouge = text_scores("ผู้เช่า ต้อง จ่าย ค่าเช่า", "ผู้เช่า ต้อง ชำระ ค่าเช่า")
     assert rouge == pytest.approx(0.75) and 0.0 < chrf < 1.0  # LCS 3 of 4 tokens each side
     assert text_scores(None, vi) == (0.0, 0.0)
+    # reference values from sacrebleu's CHRF() and rouge-score's RougeScorer(["rougeL"]) with the same tokenizer
+    chrf, rouge = text_scores("Cô bé chia sẻ bánh với bạn.", "Cô bé biết chia sẻ bánh cho bạn bè.")
+    assert chrf == pytest.approx(0.43830, abs=1e-3) and rouge == pytest.approx(0.75)
     row = score_example("{}", json.dumps({"summary": vi}), "", ANY, MetricSpec(text_fields=("summary", "title")))
     assert row["chrf"] == row["rouge_l"] == 0.0
     assert score_example("{}", "{}", "", ANY, SPEC)["chrf"] is None
