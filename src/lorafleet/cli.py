@@ -69,9 +69,11 @@ def cmd_validate(args) -> int:
     configs, errors = load_configs(_domain_files(args), _overrides(args))
     for name, cfg in configs.items():
         try:
-            m = data_mod.prepare(cfg).manifest
+            prepared = data_mod.prepare(cfg)
+            m = prepared.manifest
             print(f"ok   {name}: {m.records_read} records, train/val/test {m.counts['train']}/{m.counts['val']}/"
-                  f"{m.counts['test']}, {len(m.drops)} dropped, dataset {m.dataset_version[:12]}")
+                  f"{m.counts['test']}, {len(m.drops)} dropped, dataset {m.dataset_version[:12]}, "
+                  f"golden {len(prepared.golden)}")
         except (data_mod.DataError, OSError) as exc:
             errors[name] = str(exc)
     for name, error in errors.items():

@@ -106,3 +106,16 @@ def test_bundled_domains_prepare_deterministically(name):
     assert min(first.manifest.counts.values()) >= 10
     train_groups = {e.group for e in first.train}
     assert not train_groups & {e.group for e in first.test}
+
+
+def test_golden_set_is_loaded_and_a_bad_answer_names_file_and_line(domain_copy):
+    path = domain_copy("medical")
+    assert len(prepare(load_domain(path)).golden) == 12
+    golden = path.parent / "medical" / "golden.jsonl"
+    lines = golden.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[2])
+    record["conversations"][-1]["value"] = json.dumps({"diagnosis": "flu"})  # misses required fields
+    lines[2] = json.dumps(record, ensure_ascii=False)
+    golden.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"golden\.jsonl:3: the answer breaks the schema: .*required"):
+        prepare(load_domain(path))
