@@ -170,7 +170,8 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
         "failing_examples": _failing_examples(rows["test", "tuned"]),
         "trials": [{**t, "error": o.error, "history": o.history, "winner": i == winner_index}
                    for i, (t, o) in enumerate(zip(trials, outcomes))],
-        "selection": {"rule": select.describe(cfg.select.rule), "explanation": "; ".join(selection_notes)},
+        "selection": {"rule": select.describe(cfg.select.rule), "explanation": "; ".join(selection_notes),
+                      "ranked_by": next((k.metric for k in cfg.select.rule if k.threshold is None), None)},
         "onnx_parity": parity, "merge_drift": drift, "data": asdict(prepared.manifest), "lineage": record,
     }, out)
     (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(domain_summary, indent=2, ensure_ascii=False))

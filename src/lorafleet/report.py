@@ -244,11 +244,13 @@ def _scatter_plot(trials: list[dict], metric: str, hparam: str) -> str | None:
 
 
 def _plot_metric(report: dict) -> str | None:
-    """The metric plotted against the hparams: the first rule metric the trials report, else score, else eval_loss."""
+    """The metric plotted against the hparams: the one the rule ranks by, else the first rule metric the trials
+    report, else score, else eval_loss."""
     have = {k for t in report.get("trials") or [] for k, v in (t.get("metrics") or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join((report.get("selection") or {}).get("rule") or []))
-    return next((w for w in [*words, "score", "eval_loss"] if w in have), None)
+    selection = report.get("selection") or {}
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(selection.get("rule") or []))
+    return next((w for w in [selection.get("ranked_by"), *words, "score", "eval_loss"] if w in have), None)
 
 
 def _plots_html(report: dict) -> str:

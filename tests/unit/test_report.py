@@ -38,6 +38,9 @@ def test_html_has_verdict_first_tables_plots_and_escapes_user_text():
     assert XSS not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "<script" not in page
     assert "score by learning_rate" in page and "score by lora_rank" in page  # rule's first metric, plotted
+    report = sample_report()
+    report["selection"]["ranked_by"] = "eval_loss"  # the metric the rule ranks by wins over the first rule word
+    assert "eval_loss by learning_rate" in render_html(report)
 
 
 def test_failed_domain_without_evaluation_still_renders(tmp_path):
