@@ -58,6 +58,20 @@ def small_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def local_ray():
+    """A private local Ray (2 CPUs, short temp dir for its sockets) with lorafleet's logging in every worker;
+    yields its temp dir, where its logs are."""
+    import ray
+
+    temp_dir = Path("/tmp") / f"raytest{os.getpid()}"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
+             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+    yield temp_dir
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
 def domain_copy(tmp_path):
     """Copy a bundled domain (YAML + its folder) into tmp_path so a test may change it."""
 

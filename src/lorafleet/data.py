@@ -164,13 +164,10 @@ def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:
     examples, _ = load_examples(cfg, cfg.golden_path)
     validator = jsonschema.Draft202012Validator(schema)
     for e in examples:
-        try:
-            answer = json.loads(e.completion)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{cfg.golden_path}:{e.line}: the answer is not JSON: {exc.msg}") from exc
-        error = next(iter(validator.iter_errors(answer)), None)
-        if error is not None:
-            raise DataError(f"{cfg.golden_path}:{e.line}: the answer breaks the schema: {error.message}")
+        problem = governance.answer_problem(e.completion, validator)
+        if problem is not None:
+            what = "the answer is not JSON" if problem[0] == "not_json" else "the answer breaks the schema"
+            raise DataError(f"{cfg.golden_path}:{e.line}: {what}: {problem[1]}")
     return examples
 
 

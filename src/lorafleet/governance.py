@@ -16,21 +16,29 @@ def _drop(example: "Example", reason: str) -> dict[str, Any]:
     return {"line": example.line, "group": example.group, "reason": reason}
 
 
+def answer_problem(completion: str, validator) -> tuple[str, str] | None:
+    """Why a reference answer is unusable: ``("not_json", msg)`` or ``("schema", msg)``; None when it is JSON
+    that satisfies the schema (``validator``: a jsonschema validator)."""
+    try:
+        answer = json.loads(completion)
+    except json.JSONDecodeError as exc:
+        return "not_json", exc.msg
+    error = next(iter(validator.iter_errors(answer)), None)
+    return None if error is None else ("schema", error.message)
+
+
 def drop_invalid_answers(examples: list["Example"], schema: dict) -> tuple[list["Example"], list[dict]]:
     """A training target that is not JSON satisfying the output schema would teach the wrong thing."""
     validator = jsonschema.Draft202012Validator(schema)
     kept, drops = [], []
     for e in examples:
-        try:
-            answer = json.loads(e.completion)
-        except json.JSONDecodeError:
-            drops.append(_drop(e, "answer is not valid JSON"))
-            continue
-        error = next(iter(validator.iter_errors(answer)), None)
-        if error is not None:
-            drops.append(_drop(e, f"answer fails the output schema: {error.message}"))
-        else:
+        problem = answer_problem(e.completion, validator)
+        if problem is None:
             kept.append(e)
+        elif problem[0] == "not_json":
+            drops.append(_drop(e, "answer is not valid JSON"))
+        else:
+            drops.append(_drop(e, f"answer fails the output schema: {problem[1]}"))
     return kept, drops
 
 

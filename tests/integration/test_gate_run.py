@@ -2,9 +2,7 @@
 1e-9) trains nothing, so the bundled gate must refuse it: the domain ends `gated`, the failing checks are
 named in the summary, the reports and `lorafleet report`, artifacts are kept, and `latest.json` stays put."""
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,17 +12,6 @@ from tests.conftest import DOMAINS_DIR
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def local_ray():
-    import ray
-
-    temp_dir = Path("/tmp") / f"raygate{os.getpid()}"
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
-             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local_ray, small_base, tmp_path, capsys):

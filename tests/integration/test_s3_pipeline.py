@@ -1,8 +1,6 @@
 """The whole pipeline against S3 (moto server on 127.0.0.1): artifacts, Tune storage, summary, pointer,
 verify, fetch; a rerun of the same run id publishes nothing twice; the canary secret leaks nowhere."""
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -12,17 +10,6 @@ from tests.conftest import CANARY_SECRET, DOMAINS_DIR
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def local_ray():
-    import ray
-
-    temp_dir = Path("/tmp") / f"rays3{os.getpid()}"
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
-             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
-    yield temp_dir
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str) -> list[str]:
