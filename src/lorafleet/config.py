@@ -135,6 +135,9 @@ class SelectConfig(_Strict):
 
 class ExportConfig(_Strict):
     onnx: bool = True
+    dtype: Literal["fp32", "fp16"] = Field(
+        "fp32", description="ONNX weights' precision. fp16 halves the files and exports on the GPU (Optimum exports "
+        "fp16 on CUDA only); the PyTorch models are then evaluated in fp16 too, so parity compares like with like.")
 
 
 class EvalConfig(_Strict):

@@ -58,13 +58,14 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
     return answers
 
 
-def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False):
-    """fp32 (on the GPU when there is one, so that it matches the fp32 ONNX export); ``load_in_4bit``
-    loads the base as QLoRA trained it (NF4, bf16 compute); ``adapter`` applies a LoRA adapter unmerged."""
+def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False, dtype: str = "fp32"):
+    """In ``dtype`` (``fp32``/``fp16``: the ONNX export's, so that the two are compared like with like), on the
+    GPU when there is one; ``load_in_4bit`` loads the base as QLoRA trained it (NF4, bf16 compute);
+    ``adapter`` applies a LoRA adapter unmerged."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": {"fp32": torch.float32, "fp16": torch.float16}[dtype]}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 

@@ -1,6 +1,7 @@
 """ONNX export with Hugging Face Optimum, and a parity check of the ONNX model against PyTorch."""
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -11,24 +12,35 @@ from lorafleet.evaluate import model_device
 
 log = logging.getLogger(__name__)
 
+MARKER = "lorafleet_export.json"
 
-def to_onnx(merged_dir: str | Path, out_dir: str | Path) -> Path:
+
+def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
     """``text-generation-with-past`` export (decoder with KV cache), loadable by ORTModelForCausalLM.
 
-    ``no_post_process``: Optimum's post-processing de-duplicates tied weights in memory and fails
-    on models over protobuf's 2 GB limit; without it the export works at every size (see
+    ``dtype``: ``fp32`` exports on the CPU; ``fp16`` on the GPU (Optimum exports fp16 on CUDA only), at
+    half the size. ``no_post_process``: Optimum's post-processing de-duplicates tied weights in memory and
+    fails on models over protobuf's 2 GB limit; without it the export works at every size (see
     docs/anchors), at the cost of storing the tied embedding twice.
     """
-    from optimum.exporters.onnx import main_export
+    import torch
 
     out_dir = Path(out_dir)
-    if (out_dir / "model.onnx").is_file() and (out_dir / "config.json").is_file():
-        log.info("export: %s already exported; skipping", out_dir)
+    marker = out_dir / MARKER
+    if (out_dir / "model.onnx").is_file() and marker.is_file() and json.loads(marker.read_text()) == {"dtype": dtype}:
+        log.info("export: %s already holds a %s export; skipping", out_dir, dtype)
         return out_dir
+    if dtype == "fp16" and not torch.cuda.is_available():
+        raise RuntimeError("export.dtype: fp16 needs a CUDA GPU where the domain is finished (Optimum exports "
+                           "fp16 on CUDA only); use fp32, or give the finishing task a GPU (eval.resources.gpu)")
+    from optimum.exporters.onnx import main_export
+
     with warnings.catch_warnings():  # the tracer warns on every data-dependent branch; parity is checked below
         warnings.simplefilter("ignore")
-        main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past", device="cpu",
+        main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past",
+                    device="cuda" if dtype == "fp16" else "cpu", dtype=dtype,
                     no_post_process=True, do_validation=False, local_files_only=True)
+    marker.write_text(json.dumps({"dtype": dtype}))
     return out_dir
 
 

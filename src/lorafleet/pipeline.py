@@ -112,8 +112,9 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
                      ", ".join(f"{k} {shown[k]:.3f}" for k in evaluate.KEY_METRICS if k in shown))
 
     test = splits["test"]
-    run_eval("base", *evaluate.load_torch_model(base_path))
-    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir))
+    dtype = cfg.export.dtype  # PyTorch models in the ONNX export's precision: parity compares like with like
+    run_eval("base", *evaluate.load_torch_model(base_path, dtype=dtype))
+    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=dtype)
     run_eval("tuned", tuned_model, tokenizer)
     # merge drift: the adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model
     quantized = winner.metrics.get("load_in_4bit", False)
@@ -125,7 +126,7 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     parity = None
     if cfg.export.onnx:
         log.info("[%s] 4/5 exporting to ONNX", name)
-        onnx_dir = export.to_onnx(merged_dir, out / "onnx")
+        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=dtype)
         onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
         parity = export.check_parity(tuned_model, onnx_model, tokenizer, test[:8])
         drift["merged_vs_onnx"] = parity
@@ -176,6 +177,9 @@ def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], ru
     }, out)
     (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(domain_summary, indent=2, ensure_ascii=False))
     publish.publish_domain(storage, run_id, name, out, extra={"status": status, "lineage": record})
+    # the storage holds verified copies now: the scratch copies of the weights would pile up night after night
+    for weights in (merged_dir, out / "onnx"):
+        shutil.rmtree(weights, ignore_errors=True)
     if status == "published":
         publish.promote(storage, run_id, name)
     return domain_summary

@@ -36,6 +36,11 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert "score gain >= 25" in failed and "schema_pass_rate >= 0.6" in failed, entry["gate"]
     assert storage.read_json(publish.latest_key("medical")) == earlier  # the pointer did not move
     assert publish.verify(f"{storage_dir}/runs/useless") == []  # artifacts and reports are kept, whole
+    published_onnx = storage_dir / "runs" / "useless" / "medical" / "onnx"
+    assert (published_onnx / "model.onnx").is_file()
+    assert json.loads((published_onnx / "lorafleet_export.json").read_text()) == {"dtype": "fp32"}
+    scratch = tmp_path / "work" / "medical"  # once published, the scratch copies of the weights are gone
+    assert (scratch / "report.md").is_file() and not (scratch / "merged").exists() and not (scratch / "onnx").exists()
 
     domain_dir = storage_dir / "runs" / "useless" / "medical"
     markdown = (domain_dir / "report.md").read_text()
