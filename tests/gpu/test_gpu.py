@@ -66,6 +66,7 @@ def six_trials(ray_gpu, tmp_path_factory):
     # half-minute import per process
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
         "base_model": BASE, "train": {"max_steps": 3, "eval_steps": 3, "max_seq_length": 256, "backend": "peft"},
+        "eval": {"max_examples": 2, "max_new_tokens": 8},  # the validation answers each trial gives: kept short
         "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
     outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "gpu",
@@ -87,6 +88,7 @@ def six_trials(ray_gpu, tmp_path_factory):
 def unsloth_trial(ray_gpu, tmp_path_factory):
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
         "base_model": BASE, "train": {"max_steps": 4, "eval_steps": 4, "max_seq_length": 256},
+        "eval": {"max_examples": 4, "max_new_tokens": 16},  # validation answers through Unsloth's inference path
         "sweep": {"space": {"lora_rank": [16]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
     outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "unsloth")["contracts"]
@@ -106,6 +108,7 @@ def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
     _, outcome = unsloth_trial
     assert outcome.error is None, outcome.error
     assert outcome.metrics["backend"] == "unsloth" and outcome.metrics["load_in_4bit"]
+    assert "schema_pass_rate" in outcome.metrics  # the validation answers came through for_inference
 
 
 def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path):
