@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Callable
 
 import jsonschema
@@ -84,10 +85,15 @@ def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool =
 
 
 def load_onnx_model(path: str):
+    """onnxruntime on the CPU with as many threads as this process was given (Ray sets OMP_NUM_THREADS to a
+    task's CPUs); by default each session starts a thread per core, and finishing tasks side by side contend."""
+    import onnxruntime
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
-    return ORTModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
+    return ORTModelForCausalLM.from_pretrained(path, session_options=options), AutoTokenizer.from_pretrained(path)
 
 
 def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, float]:
