@@ -74,16 +74,18 @@ def main() -> None:
     started = time.perf_counter()
     onnx_dir = export.to_onnx(resolve_base_model(args.base), Path(args.work) / f"onnx-{args.dtype}", dtype=args.dtype)
     export_s = time.perf_counter() - started
+    print(f"export {export_s:.1f} s", flush=True)
     cores = os.cpu_count() or 1
-    default = side(onnx_dir, args.procs, None, args.examples, args.tokens)
-    limited = side(onnx_dir, args.procs, max(1, cores // args.procs), args.examples, args.tokens)
+    rows = []
+    for threads in (None, max(1, cores // args.procs)):  # each line printed as it is measured
+        rows.append(side(onnx_dir, args.procs, threads, args.examples, args.tokens))
+        print(f"{args.procs} processes at once, threads each {rows[-1]['threads_each']}: wall {rows[-1]['wall_s']} s "
+              f"(per process: load {rows[-1]['load_s']} s, answers {rows[-1]['answer_s']} s)", flush=True)
+    default, limited = rows
     result = {"base": args.base, "dtype": args.dtype, "cores": cores, "procs": args.procs, "examples": args.examples,
               "tokens": args.tokens, "export_s": round(export_s, 1), "default": default, "limited": limited,
               "ratio_default_over_limited": round(default["wall_s"] / limited["wall_s"], 2)}
-    for row in (default, limited):
-        print(f"{args.procs} processes at once, threads each {row['threads_each']}: wall {row['wall_s']} s "
-              f"(per process: load {row['load_s']} s, answers {row['answer_s']} s)")
-    print(f"export {result['export_s']} s; wall default / limited = {result['ratio_default_over_limited']}")
+    print(f"wall default / limited = {result['ratio_default_over_limited']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
