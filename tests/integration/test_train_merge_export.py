@@ -12,7 +12,7 @@ from tests.conftest import DOMAINS_DIR
 pytestmark = pytest.mark.integration
 
 
-def test_trial_merge_export_parity(small_base, tmp_path):
+def test_trial_merge_export_parity(small_base, tmp_path, monkeypatch):
     from optimum.onnxruntime import ORTModelForCausalLM
 
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {"train": {"max_steps": 8, "eval_steps": 4}})
@@ -27,6 +27,9 @@ def test_trial_merge_export_parity(small_base, tmp_path):
     assert again == merged
     onnx_dir = export.to_onnx(merged, tmp_path / "onnx")
     onnx_model = ORTModelForCausalLM.from_pretrained(onnx_dir)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in a task with one CPU
+    task_model, _ = evaluate.load_onnx_model(str(onnx_dir))
+    assert task_model.session.get_session_options().intra_op_num_threads == 1
     torch_model, tokenizer = evaluate.load_torch_model(str(merged))
     parity = export.check_parity(torch_model, onnx_model, tokenizer, data.test[:3], new_tokens=12)
     assert parity["greedy_match_rate"] >= 0.99
