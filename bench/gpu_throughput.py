@@ -133,9 +133,8 @@ def run_worker(variant: str, base: str, steps: int, batch: int) -> None:
 
 
 def param_count(base: str) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))

@@ -65,7 +65,7 @@ def local_ray():
 
     temp_dir = Path("/tmp") / f"raytest{os.getpid()}"
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
-             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+             runtime_env={"worker_process_setup_hook": "lorafleet.console.setup_worker"})
     yield temp_dir
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

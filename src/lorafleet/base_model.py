@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lorafleet.console import progress
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +228,7 @@ def _pretrain(model, tokenizer, documents: list[str], spec: TinySpec) -> None:
             sched.step()
             optim.zero_grad(set_to_none=True)
             step += 1
-            if step % 50 == 0 or step == total:
-                log.info("tiny base pretraining: step %d/%d (epoch %d) loss %.3f", step, total, epoch + 1, loss.item())
+            if step % max(1, total // 5) == 0 or step == total:  # five lines over the few minutes it takes
+                progress.info("tiny base pretraining: step %d/%d (epoch %d) loss %.3f", step, total, epoch + 1,
+                              loss.item())
     model.eval()

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from lorafleet import console
 from lorafleet.config import ConfigError, find_domain_files, load_overrides_file, merge_overrides, parse_overrides
 
 DEFAULT_CONFIG_DIR = "configs/domains"
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None, help="default: UTC time, e.g. 20261122-051000")
     run.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster); default: local")
     run.add_argument("--work-dir", default=None, help="local scratch folder (default: ~/.cache/lorafleet/work/RUN_ID)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show Ray's and the libraries' own output (default: in log files under WORK_DIR/logs)")
     val = sub.add_parser("validate", help="check configs and data without training")
     _add_domain_args(val)
     tiny = sub.add_parser("make-tiny-base", help="build the embedded tiny base model into DIR")
@@ -66,7 +68,8 @@ def cmd_validate(args) -> int:
     from lorafleet import data as data_mod
     from lorafleet.pipeline import load_configs
 
-    configs, errors = load_configs(_domain_files(args), _overrides(args))
+    configs, failed = load_configs(_domain_files(args), _overrides(args))
+    errors = {name: result.error for name, result in failed.items()}
     for name, cfg in configs.items():
         try:
             prepared = data_mod.prepare(cfg)
@@ -91,14 +94,20 @@ def cmd_run(args) -> int:
     storage = _storage_uri(args.storage)
     work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
     opts = RunOptions(config_files=_domain_files(args), overrides=_overrides(args),
-                      storage=storage, run_id=run_id, work_dir=work_dir.resolve())
+                      storage=storage, run_id=run_id, work_dir=work_dir.resolve(), verbose=args.verbose)
+    log_dir = opts.work_dir / "logs"
+    console.setup_driver(log_dir, verbose=args.verbose)
+    print(f"run {run_id}: storage {storage}\nfull logs: {log_dir}", file=sys.stderr)
     if not ray.is_initialized():
+        env_vars = {"TOKENIZERS_PARALLELISM": "false", console.LOG_DIR_VAR: str(log_dir),
+                    **({console.VERBOSE_VAR: "1"} if args.verbose else {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})}
         ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging",
-                              "env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                 logging_level=logging.INFO if args.verbose else logging.ERROR,
+                 runtime_env={"worker_process_setup_hook": "lorafleet.console.setup_worker", "env_vars": env_vars})
     summary = run(opts)
     print_summary(summary)
-    return 0 if summary["status"] == "succeeded" else 1
+    print(f"full logs: {log_dir}")
+    return 0 if summary.status == "succeeded" else 1
 
 
 def cmd_verify(args) -> int:
@@ -120,35 +129,27 @@ def cmd_fetch(args) -> int:
 
 def cmd_report(args) -> int:
     from lorafleet.publish import read_run_summary
+    from lorafleet.results import RunSummary
 
-    print_summary(read_run_summary(_storage_uri(args.uri)))
+    print_summary(RunSummary.from_json(read_run_summary(_storage_uri(args.uri))))
     return 0
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary) -> None:
     from lorafleet.report import summary_table
 
-    print(f"\nrun {summary['run_id']}: {summary['status']} in {summary['seconds']:.0f}s")
+    print(f"\nrun {summary.run_id}: {summary.status} in {summary.seconds:.0f}s")
     print(summary_table(summary))
-    for name, d in summary["domains"].items():
-        if d.get("artifacts", {}).get("report"):
-            print(f"  {name}: {d['artifacts']['report']}")
-    print(f"summary: {summary['summary_uri']}")
-    if summary.get("index_uri"):
-        print(f"index:   {summary['index_uri']}")
-
-
-def configure_logging() -> None:
-    """Also Ray's worker_process_setup_hook, so stage progress from trials and domain tasks reaches the driver."""
-    level = os.environ.get("LORAFLEET_LOG", "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("lorafleet").setLevel(level)  # also where the host process configured logging first
-    for noisy in ("torch.onnx", "optimum", "transformers"):  # export/tracing chatter; errors still show
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    for name, d in summary.domains.items():
+        if d.artifacts is not None:
+            print(f"  {name}: {d.artifacts.report}")
+    print(f"summary: {summary.summary_uri}")
+    if summary.index_uri:
+        print(f"index:   {summary.index_uri}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
+    console.setup_driver()
     args = build_parser().parse_args(argv)
     from lorafleet.publish import PublishError
 

@@ -4,18 +4,28 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
+from pydantic import BaseModel, ConfigDict
 
 from lorafleet import metrics
 from lorafleet.config import EvalConfig
 from lorafleet.data import Example
-from lorafleet.metrics import MetricSpec
+from lorafleet.metrics import Evaluation, ExampleScore, Metric, MetricSpec
 
 log = logging.getLogger(__name__)
 
-KEY_METRICS = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score")
+
+class ScoredAnswer(BaseModel):
+    """What was asked, expected and answered for one example, and how the answer scored."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    input: str
+    expected: str
+    got: str
+    score: ExampleScore
 
 
 def metric_spec(eval_cfg: EvalConfig) -> MetricSpec:
@@ -23,12 +33,11 @@ def metric_spec(eval_cfg: EvalConfig) -> MetricSpec:
                       text_fields=tuple(eval_cfg.text_fields), score_weights=tuple(eval_cfg.score_weights.items()))
 
 
-def score_rows(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig) -> list[dict[str, Any]]:
-    """One row per example: what was asked, expected and answered, and its per-example metric values."""
+def score_answers(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig) -> list[ScoredAnswer]:
     validator = jsonschema.Draft202012Validator(schema)
     spec = metric_spec(eval_cfg)
-    return [{"id": e.id, "input": e.user_text, "expected": e.completion, "got": a,
-             **metrics.score_example(a, e.completion, e.user_text, validator, spec)}
+    return [ScoredAnswer(id=e.id, input=e.user_text, expected=e.completion, got=a,
+                         score=metrics.score_example(a, e.completion, e.user_text, validator, spec))
             for e, a in zip(examples, answers)]
 
 
@@ -37,8 +46,7 @@ def model_device(model):
     return getattr(model, "device", None) or "cpu"
 
 
-def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int,
-             progress: Callable[[int, int], None] | None = None) -> list[str]:
+def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers, batched with left padding. Works for a torch model and an ORTModelForCausalLM."""
     import torch
 
@@ -54,8 +62,6 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        if progress:
-            progress(min(start + batch_size, len(examples)), len(examples))
     return answers
 
 
@@ -117,23 +123,14 @@ def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, floa
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 50 else float("inf")}
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, eval_cfg: EvalConfig,
-                   with_loss: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_model(model, tokenizer, examples: list[Example], schema: dict,
+                   eval_cfg: EvalConfig) -> tuple[Evaluation, list[ScoredAnswer]]:
     """Greedy answers scored per example, summarised with 95 % bootstrap intervals (``metrics.aggregate``),
-    plus eval loss and perplexity. Returns the summary and the per-example rows."""
-    answers = generate(model, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
-    rows = score_rows(examples, answers, schema, eval_cfg)
-    summary = metrics.aggregate(rows, samples=eval_cfg.bootstrap_samples, seed=eval_cfg.seed)
-    if with_loss and examples:
-        summary["metrics"].update({k: {"value": v, "ci": None}
-                                   for k, v in completion_loss(model, tokenizer, examples).items()})
-    return summary, rows
-
-
-def values(summary: dict[str, Any]) -> dict[str, float]:
-    """``{metric: value}`` of an ``evaluate_model`` summary."""
-    return {k: m["value"] for k, m in summary.get("metrics", {}).items()}
-
-
-def is_finite_metrics(metrics: dict[str, float]) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+    plus eval loss and perplexity of the reference answers."""
+    answers = score_answers(examples, generate(model, tokenizer, examples, eval_cfg.max_new_tokens,
+                                               eval_cfg.batch_size), schema, eval_cfg)
+    evaluation = metrics.aggregate([a.score for a in answers], samples=eval_cfg.bootstrap_samples, seed=eval_cfg.seed)
+    if examples:
+        loss = {k: Metric(value=v) for k, v in completion_loss(model, tokenizer, examples).items()}
+        evaluation = evaluation.model_copy(update={"metrics": {**evaluation.metrics, **loss}})
+    return evaluation, answers

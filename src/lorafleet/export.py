@@ -5,7 +5,8 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from lorafleet.data import Example
 from lorafleet.evaluate import model_device
@@ -13,6 +14,29 @@ from lorafleet.evaluate import model_device
 log = logging.getLogger(__name__)
 
 MARKER = "lorafleet_export.json"
+
+
+class Parity(BaseModel):
+    """How closely two models agree: greedy token agreement and the largest logit difference."""
+
+    model_config = ConfigDict(frozen=True)
+    greedy_match_rate: float
+    max_abs_logit_diff: float
+    prompts: int
+    new_tokens: int
+
+    def __str__(self) -> str:
+        return f"greedy {self.greedy_match_rate:.2f}, max logit diff {self.max_abs_logit_diff:.3g}"
+
+
+class Drift(BaseModel):
+    """What merging and exporting changed: the adapter on the base as trained (4-bit for QLoRA) vs the merged
+    16-bit model, and the merged model vs its ONNX export."""
+
+    model_config = ConfigDict(frozen=True)
+    adapter_base: str
+    adapter_vs_merged: Parity
+    merged_vs_onnx: Parity | None = None
 
 
 def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
@@ -44,7 +68,7 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") ->
     return out_dir
 
 
-def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_tokens: int = 32) -> dict[str, Any]:
+def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_tokens: int = 32) -> Parity:
     """How closely two models agree (PyTorch vs onnxruntime, adapter vs merged...): greedy token agreement
     over ``new_tokens`` generated tokens per prompt, and the largest absolute difference between their
     logits on the prompts (one forward pass, no cache)."""
@@ -68,5 +92,5 @@ def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_token
         n = min(len(generated[0]), len(generated[1]))
         matched += int((generated[0][:n] == generated[1][:n]).sum())
         total += max(len(generated[0]), len(generated[1]))
-    return {"greedy_match_rate": matched / total if total else 0.0, "max_abs_logit_diff": max_diff,
-            "prompts": len(examples), "new_tokens": new_tokens}
+    return Parity(greedy_match_rate=matched / total if total else 0.0, max_abs_logit_diff=max_diff,
+                  prompts=len(examples), new_tokens=new_tokens)

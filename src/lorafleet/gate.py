@@ -1,67 +1,86 @@
 """The release gate: may the tuned model become the domain's latest? Pure: numbers in, verdict out.
 
 Every check carries its kind, value, threshold, verdict and a line of detail, so that reports can show
-why a model was or was not promoted. Evaluation summaries are ``evaluate.evaluate_model``'s:
-``{"metrics": {name: {"value", "ci"}}, "fields": {...}}``; ``delta`` is ``metrics.paired_delta``'s.
+why a model was or was not promoted.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from lorafleet.config import GateConfig
+from lorafleet.metrics import SplitEvaluation
+
+CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden"]
 
 
-def _value(summary: dict[str, Any] | None, name: str) -> float | None:
-    """The metric's value, or None when the evaluation could not measure it (e.g. grounding of a model that
-    quoted nothing): a check on an unmeasured value fails, saying so."""
-    entry = (summary or {}).get("metrics", {}).get(name)
-    return None if entry is None else entry["value"]
+class GateCheck(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: CheckKind
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    detail: str
 
 
-def _check(kind: str, name: str, value: float | None, threshold: float, passed: bool, detail: str) -> dict[str, Any]:
-    return {"kind": kind, "name": name, "value": value, "threshold": threshold, "passed": bool(passed),
-            "detail": detail}
+class GateVerdict(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    checks: list[GateCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.passed]
 
 
-def decide(gate: GateConfig, tuned: dict[str, Any], base: dict[str, Any], delta: dict[str, Any],
-           golden_tuned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Apply every configured check; the gate passes when all pass."""
+def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None) -> GateVerdict:
+    """Apply every configured check to the test split (and the golden set); the gate passes when all pass.
+    A metric the evaluation could not measure (e.g. grounding of a model that quoted nothing) fails its check,
+    saying so."""
+    tuned, base, delta = test.tuned, test.base, test.delta
     checks = []
     for name, threshold in gate.min.items():
-        value = _value(tuned, name)
-        ok = value is not None and value >= threshold
-        checks.append(_check("absolute", f"{name} >= {threshold:g}", value, threshold, ok,
-                             f"tuned {value:.3f} on the test split" if value is not None else "not measured"))
+        value = tuned.value(name)
+        checks.append(GateCheck(kind="absolute", name=f"{name} >= {threshold:g}", value=value, threshold=threshold,
+                                passed=value is not None and value >= threshold,
+                                detail=f"tuned {value:.3f} on the test split" if value is not None else "not measured"))
     for name in gate.not_below_base:
-        t, b = _value(tuned, name), _value(base, name)
+        t, b = tuned.value(name), base.value(name)
         if t is None:
-            checks.append(_check("not_below_base", f"{name} not below base", None, 0.0, False,
-                                 "not measured on the tuned model"))
+            checks.append(GateCheck(kind="not_below_base", name=f"{name} not below base", value=None, threshold=0.0,
+                                    passed=False, detail="not measured on the tuned model"))
             continue
         b = 0.0 if b is None else b  # the base model gave nothing to measure (e.g. no quotes at all)
-        checks.append(_check("not_below_base", f"{name} not below base", t - b, 0.0, t >= b,
-                             f"tuned {t:.3f} vs base {b:.3f}"))
+        checks.append(GateCheck(kind="not_below_base", name=f"{name} not below base", value=t - b, threshold=0.0,
+                                passed=t >= b, detail=f"tuned {t:.3f} vs base {b:.3f}"))
     for name, threshold in gate.min_improvement.items():
-        d = delta.get(name)
-        if d is None:
-            checks.append(_check("min_improvement", f"{name} gain >= {threshold:g}", None, threshold, False,
-                                 "not measured on both models"))
+        gain = delta.metrics.get(name)
+        if gain is None or gain.ci is None:
+            checks.append(GateCheck(kind="min_improvement", name=f"{name} gain >= {threshold:g}", value=None,
+                                    threshold=threshold, passed=False, detail="not measured on both models"))
             continue
-        low = d["ci"][0]
-        checks.append(_check("min_improvement", f"{name} gain >= {threshold:g}", low, threshold, low >= threshold,
-                             f"gain {d['value']:+.3f}, 95% interval [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]; "
-                             "its lower end counts"))
+        low, high = gain.ci
+        checks.append(GateCheck(kind="min_improvement", name=f"{name} gain >= {threshold:g}", value=low,
+                                threshold=threshold, passed=low >= threshold,
+                                detail=f"gain {gain.value:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]; "
+                                "its lower end counts"))
     if gate.max_field_regression is not None:
-        fields = delta.get("fields", {})
-        worst = min(fields, key=lambda f: fields[f]["value"]) if fields else None
-        value = fields[worst]["value"] if worst else 0.0
-        checks.append(_check("field_regression", f"no field falls more than {gate.max_field_regression:g}", value,
-                             -gate.max_field_regression, value >= -gate.max_field_regression,
-                             f"worst field: {worst} ({value:+.3f} vs base)" if worst else "no fields"))
+        fields = delta.fields
+        worst = min(fields, key=lambda f: fields[f].value) if fields else None
+        value = fields[worst].value if worst else 0.0
+        checks.append(GateCheck(kind="field_regression", name=f"no field falls more than {gate.max_field_regression:g}",
+                                value=value, threshold=-gate.max_field_regression,
+                                passed=value >= -gate.max_field_regression,
+                                detail=f"worst field: {worst} ({value:+.3f} vs base)" if worst else "no fields"))
     for name, threshold in gate.golden_min.items():
-        value = _value(golden_tuned, name)
-        ok = value is not None and value >= threshold
-        detail = ("the domain has no golden set (eval.golden)" if golden_tuned is None else
-                  f"tuned {value:.3f} on {golden_tuned.get('n')} golden records" if value is not None else "not measured")
-        checks.append(_check("golden", f"golden {name} >= {threshold:g}", value, threshold, ok, detail))
-    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+        value = golden.tuned.value(name) if golden else None
+        detail = ("the domain has no golden set (eval.golden)" if golden is None else
+                  f"tuned {value:.3f} on {golden.tuned.n} golden records" if value is not None else "not measured")
+        checks.append(GateCheck(kind="golden", name=f"golden {name} >= {threshold:g}", value=value,
+                                threshold=threshold, passed=value is not None and value >= threshold, detail=detail))
+    return GateVerdict(checks=checks)

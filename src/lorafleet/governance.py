@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from lorafleet.data import Example
 
 
-def _drop(example: "Example", reason: str) -> dict[str, Any]:
+def _drop(example: Example, reason: str) -> dict[str, Any]:
     return {"line": example.line, "group": example.group, "reason": reason}
 
 
@@ -27,7 +27,7 @@ def answer_problem(completion: str, validator) -> tuple[str, str] | None:
     return None if error is None else ("schema", error.message)
 
 
-def drop_invalid_answers(examples: list["Example"], schema: dict) -> tuple[list["Example"], list[dict]]:
+def drop_invalid_answers(examples: list[Example], schema: dict) -> tuple[list[Example], list[dict]]:
     """A training target that is not JSON satisfying the output schema would teach the wrong thing."""
     validator = jsonschema.Draft202012Validator(schema)
     kept, drops = [], []
@@ -42,7 +42,7 @@ def drop_invalid_answers(examples: list["Example"], schema: dict) -> tuple[list[
     return kept, drops
 
 
-def dedup_exact(examples: list["Example"]) -> tuple[list["Example"], list[dict]]:
+def dedup_exact(examples: list[Example]) -> tuple[list[Example], list[dict]]:
     """Identical (prompt, answer) rows: keep the first."""
     seen: dict[str, int] = {}
     kept, drops = [], []
@@ -60,7 +60,7 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def drop_cross_split_leaks(splits: dict[str, list["Example"]]) -> tuple[dict[str, list["Example"]], list[dict]]:
+def drop_cross_split_leaks(splits: dict[str, list[Example]]) -> tuple[dict[str, list[Example]], list[dict]]:
     """A val/test prompt whose normalised user text also appears in train (under another group) is dropped:
     it would measure memory, not generalisation. Train is never touched."""
     seen = {normalise_text(e.user_text) for e in splits["train"]}

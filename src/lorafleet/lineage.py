@@ -11,8 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 import lorafleet
 from lorafleet.config import DomainConfig
+from lorafleet.train import HParams
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "optimum", "optimum-onnx", "onnxruntime", "ray",
             "unsloth", "bitsandbytes")
@@ -69,3 +72,25 @@ def weights_sha256(model_dir: str | Path) -> str | None:
         digest.update(f.name.encode())
         _feed(digest, f)
     return digest.hexdigest()
+
+
+class Lineage(BaseModel):
+    """What produced a domain's published models: recorded in its manifest and report."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    lorafleet_version: str
+    git_commit: str | None
+    packages: dict[str, str]
+    config: dict[str, Any]  # the config snapshot, as JSON
+    config_sha256: str
+    dataset_version: str
+    split_counts: dict[str, int]
+    golden_records: int
+    seeds: dict[str, int]
+    base_model: str
+    base_model_sha256: str | None
+    winner: HParams
+    trial_count: int
+    backend: str | None
+    merged_sha256: str | None

@@ -15,21 +15,22 @@ log = logging.getLogger(__name__)
 MARKER = "lorafleet_merge.json"
 
 
-def merge_16bit(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float16",
+def merge_16bit(base_model: str, adapter_dir: str | Path, out_dir: str | Path,
                 snapshot: dict[str, Any] | None = None) -> Path:
-    """Write the merged model to out_dir; reuse it when out_dir already holds this adapter's merge."""
+    """Write the merged model (fp16) to out_dir; reuse it when out_dir already holds this adapter's merge.
+    ``snapshot``: what else identifies the merge (e.g. the winner's hyperparameters), kept in its marker."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir, adapter_dir = Path(out_dir), Path(adapter_dir)
     adapter_sha = sha256_file(adapter_dir / "adapter_model.safetensors")
-    record = {"base_model": base_model, "adapter_sha256": adapter_sha, "dtype": dtype, **(snapshot or {})}
+    record = {"base_model": base_model, "adapter_sha256": adapter_sha, "dtype": "float16", **(snapshot or {})}
     marker = out_dir / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == record:
         log.info("merge: %s already holds this merge; skipping", out_dir)
         return out_dir
-    base = AutoModelForCausalLM.from_pretrained(resolve_base_model(base_model), dtype=getattr(torch, dtype))
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_model(base_model), dtype=torch.float16)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)

@@ -22,11 +22,94 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 ROW_VALUES = ("json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l")
-METRICS = {"json_valid_rate": "json_valid", "schema_pass_rate": "schema_pass", "field_accuracy": "field_accuracy",
-           "score": "score", "grounding": "grounding", "chrf": "chrf", "rouge_l": "rouge_l"}
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric lorafleet measures: its name everywhere (config, reports, summaries), which way is better,
+    whether it is one of the few key numbers shown per domain, and the per-example value it averages (None
+    for the ones computed another way: eval_loss, perplexity)."""
+
+    name: str
+    higher_is_better: bool
+    key: bool = False
+    example_value: str | None = None
+
+
+# The one registry of metric names, in the order reports show them.
+REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("json_valid_rate", True, key=True, example_value="json_valid"),
+    MetricInfo("schema_pass_rate", True, key=True, example_value="schema_pass"),
+    MetricInfo("field_accuracy", True, key=True, example_value="field_accuracy"),
+    MetricInfo("score", True, key=True, example_value="score"),
+    MetricInfo("grounding", True, example_value="grounding"),
+    MetricInfo("chrf", True, example_value="chrf"),
+    MetricInfo("rouge_l", True, example_value="rouge_l"),
+    MetricInfo("eval_loss", False),
+    MetricInfo("perplexity", False),
+)}
+KEY_METRICS = tuple(name for name, m in REGISTRY.items() if m.key)
+
+
+class Metric(BaseModel):
+    """A value with its 95 % interval (None where no interval is computed, e.g. eval loss)."""
+
+    model_config = ConfigDict(frozen=True)
+    value: float | None
+    ci: tuple[float, float] | None = None
+
+
+class Evaluation(BaseModel):
+    """One model on one split: every metric with its interval, and per-field accuracy."""
+
+    model_config = ConfigDict(frozen=True)
+    n: int
+    metrics: dict[str, Metric] = {}
+    fields: dict[str, Metric] = {}
+
+    def value(self, name: str) -> float | None:
+        """The metric's value, or None when it was not measured."""
+        metric = self.metrics.get(name)
+        return None if metric is None else metric.value
+
+    def values(self) -> dict[str, float | None]:
+        return {name: m.value for name, m in self.metrics.items()}
+
+
+class Delta(BaseModel):
+    """tuned - base on the same examples, with paired-bootstrap intervals."""
+
+    model_config = ConfigDict(frozen=True)
+    metrics: dict[str, Metric] = {}
+    fields: dict[str, Metric] = {}
+
+
+class SplitEvaluation(BaseModel):
+    """Base, tuned and (where exported) ONNX models on one split, and the tuned - base delta."""
+
+    model_config = ConfigDict(frozen=True)
+    base: Evaluation
+    tuned: Evaluation
+    delta: Delta
+    onnx: Evaluation | None = None
+
+
+class ExampleScore(BaseModel):
+    """The per-example values of one answer (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+    json_valid: float
+    schema_pass: float
+    fields: dict[str, float]
+    field_accuracy: float
+    grounding: float | None = None
+    chrf: float | None = None
+    rouge_l: float | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,15 +231,15 @@ def _text_scores(pred: str | None, ref: str) -> tuple[float, float]:
     return chrf(pred, ref), rouge_l(pred, ref)
 
 
-def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec) -> dict:
-    """One row of per-example values: json_valid, schema_pass, fields, field_accuracy, grounding, chrf, rouge_l,
-    score (see the module docstring). ``validator`` is a jsonschema validator (Draft202012Validator)."""
+def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec) -> ExampleScore:
+    """The per-example values of one answer (see the module docstring). ``validator`` is a jsonschema
+    validator (Draft202012Validator)."""
     ok, pred = _parse(pred_text)
     ref = json.loads(ref_text)
     ref = ref if isinstance(ref, dict) else {}
     got = pred if isinstance(pred, dict) else {}
     fields = {k: _field_score(got.get(k, _MISSING), v, spec.number_tolerance) for k, v in ref.items()}
-    row: dict[str, Any] = {
+    row: dict[str, Any] = {  # built up, then frozen into an ExampleScore
         "json_valid": float(ok), "schema_pass": float(ok and validator.is_valid(pred)), "fields": fields,
         "field_accuracy": sum(fields.values()) / len(fields) if fields else 0.0,
         "grounding": _grounding(got, input_text, spec.evidence_fields), "chrf": None, "rouge_l": None}
@@ -167,7 +250,7 @@ def score_example(pred_text: str, ref_text: str, input_text: str, validator, spe
     used = [(w, row[n]) for n, w in spec.score_weights if row[n] is not None]
     total = sum(w for w, _ in used)
     row["score"] = 100 * sum(w * v for w, v in used) / total if total > 0 else None
-    return row
+    return ExampleScore(**row)
 
 
 def _column(values: Sequence[float | None]) -> np.ndarray:
@@ -201,55 +284,55 @@ def bootstrap_ci(values: Sequence[float | None], samples: int = 1000, seed: int 
     return tuple(_interval(_resampled_means(col, _indices(len(col), samples, seed)), level))
 
 
-def _columns(rows: list[dict], fields: list[str]) -> tuple[dict, dict]:
-    metrics = {name: _column([r.get(key) for r in rows]) for name, key in METRICS.items()}
+def _columns(scores: Sequence[ExampleScore], fields: list[str]) -> tuple[dict, dict]:
+    metrics = {name: _column([getattr(s, m.example_value) for s in scores])
+               for name, m in REGISTRY.items() if m.example_value}
     return ({k: c for k, c in metrics.items() if not np.isnan(c).all()},
-            {f: _column([r.get("fields", {}).get(f, 0.0) for r in rows]) for f in fields})
+            {f: _column([s.fields.get(f, 0.0) for s in scores]) for f in fields})
 
 
-def _field_names(*row_lists: list[dict]) -> list[str]:
-    return sorted({f for rows in row_lists for r in rows for f in r.get("fields", {})})
+def _field_names(*score_lists: Sequence[ExampleScore]) -> list[str]:
+    return sorted({f for scores in score_lists for s in scores for f in s.fields})
 
 
-def aggregate(rows: list[dict], samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """{"n", "metrics": {name: {"value", "ci"}}, "fields": {field: {"value", "ci"}}} from score_example rows.
-    Optional metrics (grounding, chrf, rouge_l) appear when a row has a value and average over those rows;
-    a row lacking a field counts 0 for it."""
-    if not rows:
-        return {"n": 0, "metrics": {}, "fields": {}}
-    idx = _indices(len(rows), samples, seed)
-    metrics, fields = _columns(rows, _field_names(rows))
+def aggregate(scores: Sequence[ExampleScore], samples: int = 1000, seed: int = 0, level: float = 0.95) -> Evaluation:
+    """Every metric's mean over examples with its percentile-bootstrap interval, and per-field accuracy.
+    Optional metrics (grounding, chrf, rouge_l) appear when an example has a value and average over those;
+    an example lacking a field counts 0 for it."""
+    if not scores:
+        return Evaluation(n=0)
+    idx = _indices(len(scores), samples, seed)
+    metrics, fields = _columns(scores, _field_names(scores))
 
-    def summary(col: np.ndarray) -> dict:
-        return {"value": float(np.nanmean(col)), "ci": _interval(_resampled_means(col, idx), level)}
+    def summary(col: np.ndarray) -> Metric:
+        return Metric(value=float(np.nanmean(col)), ci=_interval(_resampled_means(col, idx), level))
 
-    return {"n": len(rows), "metrics": {k: summary(c) for k, c in metrics.items()},
-            "fields": {f: summary(c) for f, c in fields.items()}}
+    return Evaluation(n=len(scores), metrics={k: summary(c) for k, c in metrics.items()},
+                      fields={f: summary(c) for f, c in fields.items()})
 
 
-def paired_delta(base_rows: list[dict], tuned_rows: list[dict], samples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+def paired_delta(base: Sequence[ExampleScore], tuned: Sequence[ExampleScore], samples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> Delta:
     """tuned - base for every metric both sides have, and every field, with a paired bootstrap interval
-    (example indices resampled jointly). Rows must be for the same examples in the same order."""
-    if len(base_rows) != len(tuned_rows):
-        raise ValueError(f"{len(base_rows)} base rows for {len(tuned_rows)} tuned rows")
-    if not base_rows:
-        return {"fields": {}}
-    idx = _indices(len(base_rows), samples, seed)
-    names = _field_names(base_rows, tuned_rows)
-    (bm, bf), (tm, tf) = _columns(base_rows, names), _columns(tuned_rows, names)
+    (example indices resampled jointly). Both must score the same examples in the same order."""
+    if len(base) != len(tuned):
+        raise ValueError(f"{len(base)} base scores for {len(tuned)} tuned scores")
+    if not base:
+        return Delta()
+    idx = _indices(len(base), samples, seed)
+    names = _field_names(base, tuned)
+    (bm, bf), (tm, tf) = _columns(base, names), _columns(tuned, names)
 
-    def delta(b: np.ndarray, t: np.ndarray) -> dict:
+    def delta(b: np.ndarray, t: np.ndarray) -> Metric:
         diffs = _resampled_means(t, idx) - _resampled_means(b, idx)
-        return {"value": float(np.nanmean(t) - np.nanmean(b)), "ci": _interval(diffs, level)}
+        return Metric(value=float(np.nanmean(t) - np.nanmean(b)), ci=_interval(diffs, level))
 
-    out: dict[str, Any] = {k: delta(bm[k], tm[k]) for k in bm if k in tm}
-    out["fields"] = {f: delta(bf[f], tf[f]) for f in names}
-    return out
+    return Delta(metrics={k: delta(bm[k], tm[k]) for k in bm if k in tm},
+                 fields={f: delta(bf[f], tf[f]) for f in names})
 
 
-def worst_fields(rows: list[dict], k: int = 3) -> list[str]:
-    """The k fields with the lowest mean score over rows (a row lacking a field counts 0), ties by name."""
-    names = _field_names(rows)
-    means = {f: sum(r.get("fields", {}).get(f, 0.0) for r in rows) / len(rows) for f in names}
+def worst_fields(scores: Sequence[ExampleScore], k: int = 3) -> list[str]:
+    """The k fields with the lowest mean over examples (an example lacking a field counts 0), ties by name."""
+    names = _field_names(scores)
+    means = {f: sum(s.fields.get(f, 0.0) for s in scores) / len(scores) for f in names}
     return sorted(names, key=lambda f: (means[f], f))[:k]

@@ -1,5 +1,5 @@
-"""The recipe: configs -> data -> one sweep for every domain -> per domain: winner, merge, ONNX,
-evaluation, gate, report, publish -> run summary. Read top to bottom."""
+"""The recipe: configs -> data -> one sweep for every domain -> per domain: winner, merge, evaluation,
+drift and ONNX parity, gate, report, publish -> latest pointers -> run summary. Read top to bottom."""
 from __future__ import annotations
 
 import json
@@ -7,272 +7,317 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lorafleet import data as data_mod
 from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, publish, report, select, sweep
+from lorafleet import data as data_mod
 from lorafleet.base_model import ensure_tiny_base, resolve_base_model
+from lorafleet.cluster import Call, TaskFailure, run_tasks
 from lorafleet.config import ConfigError, DomainConfig, load_domain
+from lorafleet.console import progress
+from lorafleet.evaluate import ScoredAnswer
+from lorafleet.export import Drift
+from lorafleet.metrics import Evaluation, SplitEvaluation
+from lorafleet.results import Artifacts, DomainResult, RunSummary, TrialOutcome
+from lorafleet.sweep import DomainPlan
 
 log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
     config_files: list[Path]
     overrides: dict[str, Any]
     storage: str
     run_id: str
     work_dir: Path
+    verbose: bool = False
 
 
-def _failed(error: str) -> dict[str, Any]:
-    return {"status": "failed", "error": error, "trials": [], "winner": None, "metrics": {},
-            "onnx_parity": None, "merge_drift": None, "gate": None, "artifacts": {}}
+@dataclass(frozen=True)
+class FinishContext:
+    """What every domain's finishing task needs besides its own plan and trials."""
+
+    run_id: str
+    storage: str
+    work_dir: Path
+    git_commit: str | None
 
 
-def load_configs(files: list[Path], overrides: dict[str, Any]) -> tuple[dict[str, DomainConfig], dict[str, str]]:
-    """Every config that validates, and an error per file that does not (keyed by the file's stem)."""
-    configs, errors = {}, {}
+def run(opts: RunOptions) -> RunSummary:
+    """The whole job. Needs a connected Ray (``ray.init`` done by the caller)."""
+    started = time.time()
+    storage = publish.Storage(opts.storage)
+    configs, results = load_configs(opts.config_files, opts.overrides)
+    plans, failed = prepare_all(configs, opts.work_dir)
+    results |= failed
+    kept = resume_published(storage, opts.run_id, list(plans))
+    results |= kept
+    plans = {name: plan for name, plan in plans.items() if name not in kept}
+    if plans:
+        ensure_base_models(plans)
+        outcomes = sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose)
+        context = FinishContext(opts.run_id, opts.storage, opts.work_dir, lineage.git_commit())
+        results |= finish_all(plans, outcomes, context)
+    promote_passed(storage, opts.run_id, results)
+    return write_run_summary(storage, opts.run_id, results, time.time() - started)
+
+
+# ---- before training ---------------------------------------------------------------------------------
+
+def load_configs(files: list[Path], overrides: dict[str, Any]) -> tuple[dict[str, DomainConfig], dict[str, DomainResult]]:
+    """Every config that validates, and a failed result per file that does not (named by the file's stem)."""
+    configs: dict[str, DomainConfig] = {}
+    failed: dict[str, DomainResult] = {}
     for path in files:
         try:
             cfg = load_domain(path, overrides)
         except ConfigError as exc:
-            errors[path.stem] = str(exc)
+            failed[path.stem] = DomainResult.failed(path.stem, str(exc))
             continue
         if cfg.name in configs:
-            errors[path.stem] = f"{path}: name {cfg.name!r} is already used by {configs[cfg.name].source_file}"
+            failed[path.stem] = DomainResult.failed(
+                path.stem, f"{path}: name {cfg.name!r} is already used by {configs[cfg.name].source_file}")
             continue
         configs[cfg.name] = cfg
-    return configs, errors
+    for result in failed.values():
+        log.error("[%s] %s", result.name, result.error)
+    return configs, failed
 
 
-def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[str, sweep.DomainPlan], dict[str, str]]:
-    plans, errors = {}, {}
+def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[str, DomainPlan], dict[str, DomainResult]]:
+    plans, failed = {}, {}
     for name, cfg in configs.items():
         try:
             prepared = data_mod.prepare(cfg, work_dir / name / "data")
         except (data_mod.DataError, OSError) as exc:
-            errors[name] = str(exc)
+            log.error("[%s] %s", name, exc)
+            failed[name] = DomainResult.failed(name, str(exc))
             continue
         m = prepared.manifest
-        log.info("[%s] data: %d records -> train %d / val %d / test %d, %d dropped, version %s", name,
-                 m.records_read, m.counts["train"], m.counts["val"], m.counts["test"], len(m.drops),
-                 m.dataset_version[:12])
-        plans[name] = sweep.DomainPlan(cfg, prepared)
-    return plans, errors
+        progress.info("[%s] data: %d records -> train %d / val %d / test %d, %d dropped, version %s", name,
+                      m.records_read, m.counts["train"], m.counts["val"], m.counts["test"], len(m.drops),
+                      m.dataset_version[:12])
+        plans[name] = DomainPlan(cfg, prepared)
+    return plans, failed
 
 
-def finish_domain(plan: sweep.DomainPlan, outcomes: list[sweep.TrialOutcome], run_id: str, storage_uri: str,
-                  work_dir: Path, git_commit: str | None = None) -> dict[str, Any]:
-    """Winner -> merge -> evaluate (base, tuned, ONNX; test split and golden set) -> gate -> report ->
-    publish, for one domain (a Ray task)."""
-    cfg, prepared = plan.cfg, plan.data
-    name = cfg.name
-    out = work_dir / name
-    base_path = resolve_base_model(cfg.base_model)
-    trials = [{"hparams": o.hparams, "metrics": o.metrics, **({"error": o.error} if o.error else {})}
-              for o in outcomes]
-    winner_index, selection_notes = select.pick_winner(trials, cfg.select.rule)
-    winner = outcomes[winner_index]
-    log.info("[%s] 1/5 winner %s: %s", name, winner.hparams, "; ".join(selection_notes) or "the only trial")
+def resume_published(storage: publish.Storage, run_id: str, names: list[str]) -> dict[str, DomainResult]:
+    """The domains an earlier attempt of this run already published, as that attempt recorded them."""
+    kept = {}
+    for name in names:
+        if publish.is_published(storage, run_id, name):
+            progress.info("[%s] already published by an earlier attempt of run %s; kept as it is", name, run_id)
+            result = DomainResult.from_json(publish.read_domain_summary(storage, run_id, name))
+            kept[name] = result.model_copy(update={"resumed": True})
+    return kept
 
+
+def ensure_base_models(plans: dict[str, DomainPlan]) -> None:
+    """Build the embedded base once, here, rather than in every trial at once."""
+    if any(p.cfg.base_model == "tiny" for p in plans.values()):
+        progress.info("base model: building or reusing the embedded tiny model")
+        ensure_tiny_base()
+
+
+# ---- after training: one Ray task per domain ---------------------------------------------------------
+
+def finish_all(plans: dict[str, DomainPlan], outcomes: dict[str, list[TrialOutcome]],
+               context: FinishContext) -> dict[str, DomainResult]:
+    """Each domain with a finished trial is finished as its own Ray task, side by side."""
+    results, calls = {}, {}
+    for name, plan in plans.items():
+        trials = outcomes.get(name, [])
+        if not any(t.finished for t in trials):
+            causes = "; ".join(t.error or "no result" for t in trials) or "no trial ran"
+            results[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials)
+            log.error("[%s] every trial failed", name)
+            continue
+        # on the kind of node the trials used, unless the config says otherwise
+        calls[name] = Call((plan, trials, context), plan.cfg.eval.resources or plan.cfg.sweep.resources_per_trial)
+    for name, outcome in run_tasks(finish_domain, calls).items():
+        if isinstance(outcome, TaskFailure):
+            log.error("[%s] failed after training: %s", name, outcome)
+            outcome = DomainResult.failed(name, f"failed after training: {outcome}", outcomes[name])
+        else:
+            progress.info("[%s] %s: %s", name, outcome.status.upper(), outcome.artifacts.report)
+        results[name] = outcome
+    return results
+
+
+def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
+    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish."""
+    cfg, out = plan.cfg, context.work_dir / plan.cfg.name
+    selection = choose_winner(cfg, trials)
+    winner = trials[selection.winner]
+    adapter_dir, merged_dir = merge_winner(cfg, winner, out)
+    base = score_model(plan, "base", *evaluate.load_torch_model(resolve_base_model(cfg.base_model),
+                                                                dtype=cfg.export.dtype), out / "eval")
+    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
+    tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
+    drift = measure_merge_drift(plan, winner, adapter_dir, tuned_model, tokenizer)
+    onnx, drift = export_and_score(plan, merged_dir, tuned_model, tokenizer, drift, out) if cfg.export.onnx else (None, drift)
+    test, golden = compare(cfg, base, tuned, onnx)
+    verdict = gate.decide(cfg.gate, test, golden)
+    result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
+                          winner=winner.hparams, test=test, golden=golden, drift=drift, gate=verdict,
+                          artifacts=artifact_uris(context, cfg))
+    progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
+    record = lineage_record(context, plan, winner, len(trials), merged_dir)
+    write_domain_report(context, plan, result, selection, tuned, record, out)
+    publish_domain(context, cfg.name, result, record, out)
+    return result
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    evaluation: Evaluation
+    answers: list[ScoredAnswer]
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's answers and metrics on the test split and (not for ONNX) the golden set."""
+
+    test: SplitScores
+    golden: SplitScores | None
+
+
+def choose_winner(cfg: DomainConfig, trials: list[TrialOutcome]) -> select.Selection:
+    selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
+    progress.info("[%s] winner %s: %s", cfg.name, trials[selection.winner].label,
+                  "; ".join(selection.notes) or "the only finished trial")
+    return selection
+
+
+def merge_winner(cfg: DomainConfig, winner: TrialOutcome, out: Path) -> tuple[Path, Path]:
+    """The winner's adapter (from the run's storage) and the 16-bit merge, with the config that produced it
+    beside the weights (litgpt keeps hyperparameters.yaml the same way)."""
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     winner.checkpoint.to_directory(str(adapter_dir))
-    log.info("[%s] 2/5 merging the adapter into the 16-bit base", name)
-    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged", snapshot={"winner": winner.hparams})
-    # the config that produced these weights travels with them (litgpt keeps hyperparameters.yaml the same way)
+    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged", snapshot={"winner": asdict(winner.hparams)})
     (merged_dir / "lorafleet_config.json").write_text(json.dumps(lineage.config_snapshot(cfg), indent=2))
+    progress.info("[%s] merged the adapter into the 16-bit base", cfg.name)
+    return adapter_dir, merged_dir
 
-    splits = {"test": prepared.test[: cfg.eval.max_examples] if cfg.eval.max_examples else prepared.test,
-              "golden": prepared.golden}
-    evaluation: dict[str, dict[str, Any]] = {split: {} for split, examples in splits.items() if examples}
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    eval_dir = out / "eval"
+
+def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, golden: bool = True) -> ModelScores:
+    """Answer and score the test split (and the golden set); every answer goes to eval/<split>-<kind>.jsonl."""
+    cfg = plan.cfg
+    test = plan.data.test[: cfg.eval.max_examples] if cfg.eval.max_examples else plan.data.test
+    splits = {"test": test, "golden": plan.data.golden if golden else []}
+    scores = {}
     eval_dir.mkdir(parents=True, exist_ok=True)
+    for split, examples in splits.items():
+        if not examples:
+            continue
+        evaluation, answers = evaluate.evaluate_model(model, tokenizer, examples, plan.data.schema, cfg.eval)
+        (eval_dir / f"{split}-{kind}.jsonl").write_text(
+            "".join(json.dumps(a.model_dump(), ensure_ascii=False) + "\n" for a in answers), encoding="utf-8")
+        scores[split] = SplitScores(evaluation, answers)
+    shown = ", ".join(f"{k} {v:.3f}" for k in metrics.KEY_METRICS
+                      if (v := scores["test"].evaluation.value(k)) is not None)
+    (progress if kind != "onnx" else log).info(
+        "[%s] %s model on %s: %s", cfg.name, kind, " + ".join(f"{len(s.answers)} {n}" for n, s in scores.items()), shown)
+    return ModelScores(test=scores["test"], golden=scores.get("golden"))
 
-    def run_eval(kind: str, model, tokenizer, split_names=("test", "golden")) -> None:
-        for split in split_names:
-            if split not in evaluation:
-                continue
-            log.info("[%s] 3/5 evaluating the %s model on %d %s records", name, kind, len(splits[split]), split)
-            evaluation[split][kind], rows[split, kind] = evaluate.evaluate_model(
-                model, tokenizer, splits[split], prepared.schema, cfg.eval)
-            with open(eval_dir / f"{split}-{kind}.jsonl", "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[split, kind])
-            shown = evaluate.values(evaluation[split][kind])
-            log.info("[%s] %s %s: %s", name, kind, split,
-                     ", ".join(f"{k} {shown[k]:.3f}" for k in evaluate.KEY_METRICS if k in shown))
 
-    test = splits["test"]
-    dtype = cfg.export.dtype  # PyTorch models in the ONNX export's precision: parity compares like with like
-    run_eval("base", *evaluate.load_torch_model(base_path, dtype=dtype))
-    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=dtype)
-    run_eval("tuned", tuned_model, tokenizer)
-    # merge drift: the adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model
-    quantized = winner.metrics.get("load_in_4bit", False)
-    adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=bool(quantized))
-    drift = {"adapter_base": "4-bit NF4" if quantized else "full precision",
-             "adapter_vs_merged": export.check_parity(adapted, tuned_model, tokenizer, test[:8])}
-    del adapted
-    log.info("[%s] merge drift: %s", name, drift)
-    parity = None
-    if cfg.export.onnx:
-        log.info("[%s] 4/5 exporting to ONNX", name)
-        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=dtype)
-        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
-        parity = export.check_parity(tuned_model, onnx_model, tokenizer, test[:8])
-        drift["merged_vs_onnx"] = parity
-        log.info("[%s] ONNX parity: %s", name, parity)
-        run_eval("onnx", onnx_model, onnx_tokenizer, split_names=("test",))
-    for split in evaluation:
-        evaluation[split]["delta"] = metrics.paired_delta(
-            rows[split, "base"], rows[split, "tuned"], samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
+def measure_merge_drift(plan: DomainPlan, winner: TrialOutcome, adapter_dir: Path, merged_model, tokenizer) -> Drift:
+    """The adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model."""
+    adapted, _ = evaluate.load_torch_model(resolve_base_model(plan.cfg.base_model), adapter=str(adapter_dir),
+                                           load_in_4bit=winner.load_in_4bit)
+    parity = export.check_parity(adapted, merged_model, tokenizer, plan.data.test[:8])
+    log.info("[%s] merge drift: %s", plan.cfg.name, parity)
+    return Drift(adapter_base="4-bit NF4" if winner.load_in_4bit else "full precision", adapter_vs_merged=parity)
 
-    verdict = gate.decide(cfg.gate, evaluation["test"]["tuned"], evaluation["test"]["base"],
-                          evaluation["test"]["delta"], evaluation.get("golden", {}).get("tuned"))
-    status = "published" if verdict["passed"] else "gated"
-    failed_checks = [c["name"] for c in verdict["checks"] if not c["passed"]]
-    log.info("[%s] 5/5 gate: %s%s", name, status, f" (failed: {', '.join(failed_checks)})" if failed_checks else "")
-    record = {
-        "run_id": run_id, "lorafleet_version": __version__, "git_commit": git_commit,
-        "packages": lineage.package_versions(), "config": lineage.config_snapshot(cfg),
-        "config_sha256": lineage.config_sha256(cfg), "dataset_version": prepared.manifest.dataset_version,
-        "split_counts": prepared.manifest.counts, "golden_records": len(prepared.golden),
-        "seeds": {"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
-        "base_model": cfg.base_model, "base_model_sha256": lineage.weights_sha256(base_path),
-        "winner": winner.hparams, "trial_count": len(outcomes), "backend": winner.metrics.get("backend"),
-        "merged_sha256": lineage.weights_sha256(merged_dir),
-    }
-    storage = publish.Storage(storage_uri)
-    prefix = publish.domain_prefix(run_id, name)
-    artifacts = {"adapter": storage.url(f"{prefix}/adapter"), "merged": storage.url(f"{prefix}/merged"),
-                 "onnx": storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
-                 "report": storage.url(f"{prefix}/report.html"), "data": storage.url(f"{prefix}/data")}
-    domain_summary = {
-        "status": status, "error": None, "trials": trials, "winner": winner.hparams,
-        "metrics": {kind: {**evaluate.values(e), "n": e["n"]} for kind, e in evaluation["test"].items() if kind != "delta"},
-        "golden_metrics": {kind: {**evaluate.values(e), "n": e["n"]} for kind, e in evaluation.get("golden", {}).items()
-                           if kind != "delta"} or None,
-        "key_metrics": _key_metrics(evaluation),
-        "onnx_parity": parity, "merge_drift": drift, "gate": verdict, "artifacts": artifacts}
-    report.write_reports({
-        "run_id": run_id,
-        "domain": {"name": name, "description": cfg.description, "base_model": cfg.base_model, "status": status,
-                   "error": None},
-        "gate": verdict, "evaluation": {"test": evaluation["test"], "golden": evaluation.get("golden")},
-        "failing_examples": _failing_examples(rows["test", "tuned"]),
-        "trials": [{**t, "error": o.error, "history": o.history, "winner": i == winner_index}
-                   for i, (t, o) in enumerate(zip(trials, outcomes))],
-        "selection": {"rule": select.describe(cfg.select.rule), "explanation": "; ".join(selection_notes),
-                      "ranked_by": next((k.metric for k in cfg.select.rule if k.threshold is None), None)},
-        "onnx_parity": parity, "merge_drift": drift, "data": asdict(prepared.manifest), "lineage": record,
-    }, out)
-    (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(domain_summary, indent=2, ensure_ascii=False))
-    publish.publish_domain(storage, run_id, name, out, extra={"status": status, "lineage": record})
-    # the storage holds verified copies now: the scratch copies of the weights would pile up night after night
-    for weights in (merged_dir, out / "onnx"):
+
+def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer, drift: Drift,
+                     out: Path) -> tuple[ModelScores, Drift]:
+    """ONNX export (in the evaluation's precision), its parity with the merged PyTorch model, and its test answers."""
+    onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
+    onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
+    parity = export.check_parity(tuned_model, onnx_model, tokenizer, plan.data.test[:8])
+    scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
+    progress.info("[%s] exported to ONNX: parity with PyTorch %s; score %.1f", plan.cfg.name, parity,
+                  scores.test.evaluation.value("score") or 0.0)
+    return scores, drift.model_copy(update={"merged_vs_onnx": parity})
+
+
+def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,
+            onnx: ModelScores | None) -> tuple[SplitEvaluation, SplitEvaluation | None]:
+    """Test split and golden set: base vs tuned (paired delta) vs ONNX."""
+    def split(b: SplitScores, t: SplitScores, o: SplitScores | None) -> SplitEvaluation:
+        delta = metrics.paired_delta([a.score for a in b.answers], [a.score for a in t.answers],
+                                     samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
+        return SplitEvaluation(base=b.evaluation, tuned=t.evaluation, delta=delta, onnx=o.evaluation if o else None)
+
+    golden = split(base.golden, tuned.golden, None) if base.golden and tuned.golden else None
+    return split(base.test, tuned.test, onnx.test if onnx else None), golden
+
+
+def artifact_uris(context: FinishContext, cfg: DomainConfig) -> Artifacts:
+    storage = publish.Storage(context.storage)
+    prefix = publish.domain_prefix(context.run_id, cfg.name)
+    return Artifacts(adapter=storage.url(f"{prefix}/adapter"), merged=storage.url(f"{prefix}/merged"),
+                     onnx=storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
+                     report=storage.url(f"{prefix}/report.html"), data=storage.url(f"{prefix}/data"))
+
+
+def lineage_record(context: FinishContext, plan: DomainPlan, winner: TrialOutcome, trial_count: int,
+                   merged_dir: Path) -> lineage.Lineage:
+    cfg, manifest = plan.cfg, plan.data.manifest
+    return lineage.Lineage(
+        run_id=context.run_id, lorafleet_version=__version__, git_commit=context.git_commit,
+        packages=lineage.package_versions(), config=lineage.config_snapshot(cfg),
+        config_sha256=lineage.config_sha256(cfg), dataset_version=manifest.dataset_version,
+        split_counts=manifest.counts, golden_records=len(plan.data.golden),
+        seeds={"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
+        base_model=cfg.base_model, base_model_sha256=lineage.weights_sha256(resolve_base_model(cfg.base_model)),
+        winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
+        merged_sha256=lineage.weights_sha256(merged_dir))
+
+
+def write_domain_report(context: FinishContext, plan: DomainPlan, result: DomainResult, selection: select.Selection,
+                        tuned: ModelScores, record: lineage.Lineage, out: Path) -> None:
+    report.write_reports(report.DomainReport(
+        run_id=context.run_id, description=plan.cfg.description, base_model=plan.cfg.base_model, result=result,
+        selection=selection, failing_examples=report.failing_examples(tuned.test.answers),
+        data=plan.data.manifest, lineage=record), out)
+
+
+def publish_domain(context: FinishContext, name: str, result: DomainResult, record: lineage.Lineage, out: Path) -> None:
+    """Upload the domain's folder (manifest last), then drop the scratch weights: storage holds verified
+    copies now, and scratch copies would pile up night after night. The pointer moves in the driver."""
+    (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    publish.publish_domain(publish.Storage(context.storage), context.run_id, name, out,
+                           extra={"status": result.status, "lineage": record.model_dump(mode="json")})
+    for weights in (out / "merged", out / "onnx"):
         shutil.rmtree(weights, ignore_errors=True)
-    if status == "published":
-        publish.promote(storage, run_id, name)
-    return domain_summary
 
 
-def _key_metrics(evaluation: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The few numbers the run index shows for a domain."""
-    test = evaluation["test"]
-    tuned = evaluate.values(test["tuned"])
-    keys = {k: tuned[k] for k in ("schema_pass_rate", "field_accuracy", "score") if k in tuned}
-    if "score" in test["delta"]:
-        keys["score gain"] = test["delta"]["score"]["value"]
-    if "golden" in evaluation:
-        keys["golden score"] = evaluate.values(evaluation["golden"]["tuned"]).get("score")
-    return keys
+# ---- the run's end -------------------------------------------------------------------------------------
+
+def promote_passed(storage: publish.Storage, run_id: str, results: dict[str, DomainResult]) -> None:
+    """Point each domain whose gate passed at this run (also one kept from an earlier attempt that stopped
+    between its manifest and its pointer)."""
+    for name, result in results.items():
+        if result.status == "published" and publish.promote(storage, run_id, name):
+            progress.info("[%s] latest -> run %s", name, run_id)
 
 
-def _failing_examples(rows: list[dict[str, Any]], per_field: int = 3) -> list[dict[str, Any]]:
-    """For the tuned model's worst fields, a few test examples it got wrong."""
-    return [{"field": f, "examples": [{k: r[k] for k in ("id", "input", "expected", "got")}
-                                      for r in rows if r["fields"].get(f, 0.0) < 1.0][:per_field]}
-            for f in metrics.worst_fields(rows)]
-
-
-def resume_published(storage: publish.Storage, run_id: str, name: str) -> dict[str, Any] | None:
-    """A domain an earlier attempt of this run already published: its summary entry, with the latest
-    pointer moved if that attempt stopped between manifest and pointer. None when not published."""
-    if not publish.is_published(storage, run_id, name):
-        return None
-    entry = publish.read_domain_summary(storage, run_id, name)
-    if entry["status"] == "published":
-        publish.promote(storage, run_id, name)
-    return entry
-
-
-def run(opts: RunOptions) -> dict[str, Any]:
-    """The whole job. Needs a connected Ray (``ray.init`` done by the caller)."""
-    import ray
-
-    started = time.time()
-    storage = publish.Storage(opts.storage)
-    domains: dict[str, dict[str, Any]] = {}
-
-    configs, errors = load_configs(opts.config_files, opts.overrides)
-    plans, data_errors = prepare_all(configs, opts.work_dir)
-    for name, error in {**errors, **data_errors}.items():
-        log.error("[%s] %s", name, error)
-        domains[name] = _failed(error)
-    for name in list(plans):
-        entry = resume_published(storage, opts.run_id, name)
-        if entry is not None:
-            log.info("[%s] already published by an earlier attempt of run %s; kept as it is", name, opts.run_id)
-            domains[name] = entry
-            del plans[name]
-
-    if plans:
-        for ref in sorted({p.cfg.base_model for p in plans.values()}):
-            if ref == "tiny":
-                log.info("base model: building or reusing the embedded tiny model")
-                ensure_tiny_base()
-        tune_path, tune_fs = storage.tune_location(opts.run_id)
-        outcomes = sweep.run_sweep(plans, storage_path=tune_path, name="sweep", storage_filesystem=tune_fs)
-        commit = lineage.git_commit()
-        finish = ray.remote(finish_domain)
-        pending = {}
-        for name, plan in plans.items():
-            ok = [o for o in outcomes[name] if o.metrics and o.checkpoint is not None]
-            if not ok:
-                errs = "; ".join(o.error or "no result" for o in outcomes[name])
-                domains[name] = {**_failed(f"every trial failed: {errs}"),
-                                 "trials": [{"hparams": o.hparams, "metrics": {}, "error": o.error}
-                                            for o in outcomes[name]]}
-                continue
-            # merge/evaluate on the kind of node the trials used, unless the config says otherwise
-            res = plan.cfg.eval.resources or plan.cfg.sweep.resources_per_trial
-            pending[name] = finish.options(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0).remote(
-                plan, outcomes[name], opts.run_id, opts.storage, opts.work_dir, commit)
-        for name, ref in pending.items():
-            try:
-                domains[name] = ray.get(ref)
-            except Exception as exc:  # one domain's failure must not sink the others
-                cause = getattr(exc, "cause", None) or exc
-                log.error("[%s] failed after training: %s", name, cause)
-                domains[name] = _failed(f"{type(cause).__name__}: {cause}")
-
-    failed = sum(d["status"] == "failed" for d in domains.values())
-    status = "succeeded" if failed == 0 else ("failed" if failed == len(domains) else "partial")
-    summary = {"run_id": opts.run_id, "status": status, "seconds": round(time.time() - started, 1),
-               "storage": opts.storage, "domains": dict(sorted(domains.items()))}
-    index = report.render_index({**summary, "domains": {
-        name: {**d, "report_href": f"{name}/report.html" if d["status"] != "failed" else None}
-        for name, d in summary["domains"].items()}})
-    summary["index_uri"] = publish.write_run_file(storage, opts.run_id, "index.html", index)
-    summary["summary_uri"] = publish.summary_url(storage, opts.run_id)
-    publish.write_summary(storage, opts.run_id, summary)  # last: a run with a summary is a finished run
+def write_run_summary(storage: publish.Storage, run_id: str, results: dict[str, DomainResult],
+                      seconds: float) -> RunSummary:
+    """index.html, then summary.json last: a run with a summary is a finished run."""
+    summary = RunSummary.of(run_id, storage.uri, seconds, results)
+    summary = summary.model_copy(update={
+        "index_uri": publish.write_run_file(storage, run_id, "index.html", report.render_index(summary)),
+        "summary_uri": publish.summary_url(storage, run_id)})
+    publish.write_summary(storage, run_id, summary.to_json())
     return summary

@@ -197,6 +197,25 @@ def promote(storage: Storage, run_id: str, domain: str) -> bool:
     return True
 
 
+def _sweep_record_key(run_id: str, name: str) -> str:
+    return f"{run_prefix(run_id)}/tune/{_check_name('sweep', name)}.lorafleet.json"  # beside Tune's own folder
+
+
+def write_sweep_record(storage: Storage, run_id: str, name: str, fingerprints: dict[str, str]) -> None:
+    """Which domains (and which form of each: its fingerprint) the run's Tune experiment ``name`` trains."""
+    storage.write_json(_sweep_record_key(run_id, name), {"experiment": name, "fingerprints": fingerprints})
+
+
+def read_sweep_records(storage: Storage, run_id: str) -> dict[str, dict[str, str]]:
+    """Every Tune experiment an earlier attempt of the run started (``sweep-1``, ``sweep-2``... in order):
+    name -> {domain: fingerprint}."""
+    records = {}
+    while storage.exists(key := _sweep_record_key(run_id, f"sweep-{len(records) + 1}")):
+        record = storage.read_json(key)
+        records[record["experiment"]] = record["fingerprints"]
+    return records
+
+
 def summary_url(storage: Storage, run_id: str) -> str:
     return storage.url(f"{run_prefix(run_id)}/summary.json")
 

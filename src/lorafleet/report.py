@@ -1,6 +1,6 @@
-"""Reports people read. One dict per domain (saved as report.json) renders to report.md and to a self-contained
+"""Reports people read. One ``DomainReport`` per domain (saved as report.json) renders to report.md and to a self-contained
 report.html (inline CSS, plots as inline SVG, no external resources); a run's summary renders to index.html and
-to a terminal table. Optional parts of the dict may be None or missing.
+to a terminal table. Everything renders from the pipeline's typed records (``DomainReport``, ``RunSummary``).
 
 Both formats come from one list of blocks (``_blocks``), so they carry the same sections in the same order:
 ("h", level, text) · ("p", text) · ("table", css_class, header, rows, row_classes) · ("kv", css_class, dict)
@@ -13,12 +13,22 @@ import io
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-METRIC_ORDER = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding", "chrf", "rouge_l",
-                "eval_loss", "perplexity")
-LOWER_IS_BETTER = {"eval_loss", "perplexity", "loss"}
+from pydantic import BaseModel, ConfigDict
+
+from lorafleet.data import DatasetManifest
+from lorafleet.evaluate import ScoredAnswer
+from lorafleet.export import Drift
+from lorafleet.gate import GateVerdict
+from lorafleet.lineage import Lineage
+from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, worst_fields
+from lorafleet.results import DomainResult, RunSummary, TrialOutcome
+from lorafleet.select import Selection
+
+METRIC_ORDER = tuple(REGISTRY)
 VERDICTS = {"published": "PUBLISHED", "gated": "GATED", "failed": "FAILED"}
 INPUT_PREVIEW = 400
 WINNER_COLOUR, TRIAL_COLOURS = "#d4a72c", ("#0969da", "#8250df", "#1f883d", "#57606a", "#bf3989", "#0a3069")
@@ -59,17 +69,50 @@ def _hp(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else _num(v)
 
 
-def _cell(entry: dict | None, signed: bool = False, metric: str | None = None) -> Cell:
-    """An {"value", "ci"} entry as 'value [lo, hi]'; with ``metric``, coloured when the ci excludes zero."""
-    if not entry:
+class FailingExamples(BaseModel):
+    """Test answers the tuned model got wrong on one of its worst fields."""
+
+    model_config = ConfigDict(frozen=True)
+    field: str
+    examples: list[ScoredAnswer]
+
+
+class DomainReport(BaseModel):
+    """Everything a domain's report shows: its result, how its winner was chosen, where it fails, its data
+    and lineage. Saved as report.json; rendered to report.md and report.html."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    description: str = ""
+    base_model: str
+    result: DomainResult
+    selection: Selection | None = None
+    failing_examples: list[FailingExamples] = []
+    data: DatasetManifest | None = None
+    lineage: Lineage | None = None
+
+    @property
+    def winner(self) -> int | None:
+        return self.selection.winner if self.selection else None
+
+
+def failing_examples(answers: list[ScoredAnswer], per_field: int = 3) -> list[FailingExamples]:
+    """For the tuned model's worst fields, a few test examples it got wrong."""
+    return [FailingExamples(field=f, examples=[a for a in answers if a.score.fields.get(f, 0.0) < 1.0][:per_field])
+            for f in worst_fields([a.score for a in answers])]
+
+
+def _cell(entry: Metric | None, signed: bool = False, metric: str | None = None) -> Cell:
+    """A metric as 'value [lo, hi]'; with ``metric``, coloured when the interval excludes zero."""
+    if entry is None:
         return Cell("—")
-    ci = entry.get("ci")
-    ok = bool(ci) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)
+    ci = entry.ci
     cls = ""
-    if ok and metric:
-        sign = (1 if ci[0] > 0 else -1 if ci[1] < 0 else 0) * (-1 if metric in LOWER_IS_BETTER else 1)
+    if ci and metric:
+        lower_is_better = metric in REGISTRY and not REGISTRY[metric].higher_is_better
+        sign = (1 if ci[0] > 0 else -1 if ci[1] < 0 else 0) * (-1 if lower_is_better else 1)
         cls = {1: "better", -1: "worse"}.get(sign, "")
-    return Cell(_num(entry.get("value"), signed), f"[{_num(ci[0])}, {_num(ci[1])}]" if ok else "", cls)
+    return Cell(_num(entry.value, signed), f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "", cls)
 
 
 def _generic(value: Any, limit: int = 10) -> str:
@@ -83,99 +126,93 @@ def _generic(value: Any, limit: int = 10) -> str:
     return _num(value)
 
 
-def _failed_checks(gate: dict | None) -> list[str]:
-    return [str(c.get("name")) for c in (gate or {}).get("checks") or [] if not c.get("passed")]
+def _verdict(status: str) -> str:
+    return VERDICTS.get(status, status.upper())
 
 
-def _verdict(status: str | None) -> str:
-    return VERDICTS.get(status or "failed", str(status).upper())
-
-
-def _verdict_line(report: dict) -> str:
-    d, gate = report.get("domain") or {}, report.get("gate") or {}
-    failed, checks = _failed_checks(gate), gate.get("checks") or []
-    if (d.get("status") or "failed") == "failed":
-        tail = f"error: {d.get('error') or 'unknown'}"
-    elif failed:
-        tail = "not promoted; failed gate checks: " + ", ".join(failed)
+def _verdict_line(result: DomainResult) -> str:
+    if result.status == "failed":
+        tail = f"error: {result.error or 'unknown'}"
+    elif result.gate and result.gate.failed:
+        tail = "not promoted; failed gate checks: " + ", ".join(result.gate.failed)
     else:
+        checks = result.gate.checks if result.gate else []
         tail = f"all {len(checks)} gate checks passed" if checks else "no gate checks"
-    return f"{_verdict(d.get('status'))} — {d.get('name', '?')}: {tail}"
+    return f"{_verdict(result.status)} — {result.name}: {tail}"
 
 
 # ---------- the sections ----------
-def _eval_blocks(split: dict, key: str, title: str) -> list[tuple]:
-    models = [m for m in ("base", "tuned", "onnx") if split.get(m)]
-    delta = split.get("delta") or {}
-    seen = [m for e in models for m in split[e].get("metrics") or {}]
+def _eval_blocks(split: SplitEvaluation, key: str, title: str) -> list[tuple]:
+    models: list[tuple[str, Evaluation]] = [(m, e) for m, e in (("base", split.base), ("tuned", split.tuned),
+                                                                ("onnx", split.onnx)) if e is not None]
+    seen = [m for _, e in models for m in e.metrics]
     names = [m for m in METRIC_ORDER if m in seen] + sorted({m for m in seen if m not in METRIC_ORDER})
-    rows = [[metric, *(_cell((split[m].get("metrics") or {}).get(metric)) for m in models),
-             _cell(delta.get(metric), signed=True, metric=metric)] for metric in names]
-    rows.append(["n", *(_num(split[m].get("n")) for m in models), ""])
-    blocks = [("h", 2, title), ("table", f"metrics metrics-{key}", ["metric", *models, "delta (tuned − base)"], rows)]
-    base, tuned = ((split.get(m) or {}).get("fields") or {} for m in ("base", "tuned"))
-    if fields := list(dict.fromkeys([*tuned, *base])):
-        dfields = delta.get("fields") or {}
-        rows = [[f, _cell(base.get(f)), _cell(tuned.get(f)), _cell(dfields.get(f), True, "field")] for f in fields]
+    rows = [[metric, *(_cell(e.metrics.get(metric)) for _, e in models),
+             _cell(split.delta.metrics.get(metric), signed=True, metric=metric)] for metric in names]
+    rows.append(["n", *(_num(e.n) for _, e in models), ""])
+    blocks = [("h", 2, title), ("table", f"metrics metrics-{key}", ["metric", *(m for m, _ in models),
+                                                                     "delta (tuned − base)"], rows)]
+    if fields := list(dict.fromkeys([*split.tuned.fields, *split.base.fields])):
+        rows = [[f, _cell(split.base.fields.get(f)), _cell(split.tuned.fields.get(f)),
+                 _cell(split.delta.fields.get(f), True, "field")] for f in fields]
         blocks += [("h", 3, f"Per-field accuracy ({key})"),
                    ("table", "fields", ["field", "base", "tuned", "delta"], rows)]
     return blocks
 
 
-def _trial_blocks(report: dict) -> list[tuple]:
-    trials = report.get("trials") or []
-    hkeys = list(dict.fromkeys(k for t in trials for k in t.get("hparams") or {}))
-    mkeys = list(dict.fromkeys(k for t in trials for k in t.get("metrics") or {}))
-    rows = [[str(i), *(_hp((t.get("hparams") or {}).get(k)) for k in hkeys),
-             *(_num((t.get("metrics") or {}).get(k)) for k in mkeys), "★" if t.get("winner") else "",
-             str(t.get("error") or "")] for i, t in enumerate(trials)]
-    blocks = [("h", 2, "Sweep"), ("table", "trials", ["#", *hkeys, *mkeys, "winner", "error"], rows,
-                                 ["winner" if t.get("winner") else "" for t in trials])]
-    if sel := report.get("selection"):
-        blocks.append(("p", f"Selection rule: {', '.join(sel.get('rule') or [])}. {sel.get('explanation') or ''}"))
+def _trial_blocks(report: DomainReport) -> list[tuple]:
+    trials = report.result.trials
+    hkeys = list(asdict(trials[0].hparams))
+    mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics))
+    rows = [[str(i), *(_hp(getattr(t.hparams, k)) for k in hkeys), t.backend or "—",
+             *(_num(t.metrics.get(k)) for k in mkeys), "★" if i == report.winner else "", t.error or ""]
+            for i, t in enumerate(trials)]
+    blocks = [("h", 2, "Sweep"), ("table", "trials", ["#", *hkeys, "backend", *mkeys, "winner", "error"], rows,
+                                 ["winner" if i == report.winner else "" for i in range(len(trials))])]
+    if sel := report.selection:
+        blocks.append(("p", f"Selection rule: {', '.join(sel.rule)}. {'; '.join(sel.notes)}"))
     return [*blocks, ("plots", report)]
 
 
-def _drift_blocks(drift: dict) -> list[tuple]:
-    comps = [(k.replace("_vs_", " vs ").replace("_", " "), v) for k, v in drift.items() if isinstance(v, dict)]
-    keys = list(dict.fromkeys(k for _, v in comps for k in v))
-    rows = [[label, *(_num(v.get(k)) for k in keys)] for label, v in comps]
-    return [("h", 2, "Merge drift"),
-            ("p", f"Adapter applied on the {drift.get('adapter_base', '?')} base, as trained."),
+def _drift_blocks(drift: Drift) -> list[tuple]:
+    comps = [(label, p) for label, p in (("adapter vs merged", drift.adapter_vs_merged),
+                                         ("merged vs onnx", drift.merged_vs_onnx)) if p is not None]
+    keys = list(type(drift.adapter_vs_merged).model_fields)
+    rows = [[label, *(_num(getattr(p, k)) for k in keys)] for label, p in comps]
+    return [("h", 2, "Merge drift"), ("p", f"Adapter applied on the {drift.adapter_base} base, as trained."),
             ("table", "drift", ["comparison", *keys], rows)]
 
 
-def _blocks(report: dict) -> list[tuple]:
-    d = report.get("domain") or {}
-    blocks = [("p", d.get("description") or ""),
-              ("p", f"Run {report.get('run_id')} · base model {d.get('base_model')}")]
-    if gate := report.get("gate"):
-        rows = [[str(c.get("name", "")), str(c.get("kind", "")), _num(c.get("value")), _num(c.get("threshold")),
-                 Cell("pass", cls="pass") if c.get("passed") else Cell("FAIL", cls="fail"), str(c.get("detail", ""))]
-                for c in gate.get("checks") or []]
-        blocks += [("h", 2, "Release gate"),
-                   ("table", "gate", ["check", "kind", "value", "threshold", "verdict", "detail"], rows)]
-    ev = report.get("evaluation") or {}
-    for key, title in (("test", "Test split: base vs tuned vs ONNX"), ("golden", "Golden set")):
-        blocks += _eval_blocks(ev[key], key, title) if ev.get(key) else []
-    blocks += _trial_blocks(report) if report.get("trials") else []
-    if groups := report.get("failing_examples"):
-        blocks += [("h", 2, "Failing examples (tuned model)"), ("examples", groups)]
-    if parity := report.get("onnx_parity"):
-        blocks += [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"), ("kv", "parity", parity)]
-    blocks += _drift_blocks(report["merge_drift"]) if report.get("merge_drift") else []
-    if data := report.get("data"):
-        blocks += [("h", 2, "Data manifest"), ("kv", "data", data)]
-    if lineage := report.get("lineage"):
-        blocks.append(("details", "Lineage", [("kv", "lineage", lineage)]))
+def _gate_blocks(gate: GateVerdict) -> list[tuple]:
+    rows = [[c.name, c.kind, _num(c.value), _num(c.threshold),
+             Cell("pass", cls="pass") if c.passed else Cell("FAIL", cls="fail"), c.detail] for c in gate.checks]
+    return [("h", 2, "Release gate"), ("table", "gate", ["check", "kind", "value", "threshold", "verdict", "detail"], rows)]
+
+
+def _blocks(report: DomainReport) -> list[tuple]:
+    result = report.result
+    blocks = [("p", report.description), ("p", f"Run {report.run_id} · base model {report.base_model}")]
+    blocks += _gate_blocks(result.gate) if result.gate else []
+    blocks += _eval_blocks(result.test, "test", "Test split: base vs tuned vs ONNX") if result.test else []
+    blocks += _eval_blocks(result.golden, "golden", "Golden set") if result.golden else []
+    blocks += _trial_blocks(report) if result.trials else []
+    if report.failing_examples:
+        blocks += [("h", 2, "Failing examples (tuned model)"), ("examples", report.failing_examples)]
+    if result.drift and result.drift.merged_vs_onnx:
+        blocks += [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"),
+                   ("kv", "parity", result.drift.merged_vs_onnx.model_dump())]
+    blocks += _drift_blocks(result.drift) if result.drift else []
+    if report.data:
+        blocks += [("h", 2, "Data manifest"), ("kv", "data", asdict(report.data))]
+    if report.lineage:
+        blocks.append(("details", "Lineage", [("kv", "lineage", report.lineage.model_dump(mode="json"))]))
     return blocks
 
 
-def _examples(groups: list[dict]):
-    """(field, [(id, input, expected, got)]); tolerates a flat list of examples (no grouping by field)."""
+def _examples(groups: list[FailingExamples]):
+    """(field, [(id, input, expected, got)])."""
     for g in groups:
-        keys = ("id", "input", "expected", "got")
-        yield str(g.get("field", "schema")), [tuple(str(ex.get(k, "")) for k in keys) for ex in g.get("examples", [g])]
+        yield g.field, [(a.id, a.input, a.expected, a.got) for a in g.examples]
 
 
 # ---------- plots: inline SVG through matplotlib's object API (no pyplot state, no GUI backend) ----------
@@ -196,22 +233,21 @@ def _axes(ncols: int):
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _loss_plot(trials: list[dict]) -> str | None:
-    if not any(t.get("history") for t in trials):
+def _loss_plot(trials: list[TrialOutcome], winner: int | None) -> str | None:
+    if not any(t.history for t in trials):
         return None
     fig, axes = _axes(2)
     for ax, key in zip(axes, ("loss", "eval_loss")):
         for i, t in enumerate(trials):
-            pts = [(r["step"], r[key]) for r in t.get("history") or []
-                   if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))]
+            pts = [(r["step"], r[key]) for r in t.history if "step" in r and key in r]
             if not pts:
                 continue
-            h = t.get("hparams") or {}
-            label = f"r={_hp(h.get('lora_rank'))} lr={_hp(h.get('learning_rate'))} ep={_hp(h.get('epochs'))}"
-            style = ({"lw": 2.8, "color": WINNER_COLOUR, "zorder": 3} if t.get("winner")
+            hp = t.hparams
+            label = f"r={hp.lora_rank} lr={_hp(hp.learning_rate)} ep={hp.epochs}"
+            style = ({"lw": 2.8, "color": WINNER_COLOUR, "zorder": 3} if i == winner
                      else {"lw": 1.0, "alpha": 0.75, "color": TRIAL_COLOURS[i % len(TRIAL_COLOURS)]})
             ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None,
-                    label=label + (" ★" if t.get("winner") else ""), **style)
+                    label=label + (" ★" if i == winner else ""), **style)
         ax.set(title="train loss" if key == "loss" else "eval_loss", xlabel="step")
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -221,10 +257,9 @@ def _loss_plot(trials: list[dict]) -> str | None:
     return _svg(fig)
 
 
-def _scatter_plot(trials: list[dict], metric: str, hparam: str) -> str | None:
-    pts = [(t["hparams"][hparam], t["metrics"][metric], bool(t.get("winner"))) for t in trials
-           if isinstance((t.get("hparams") or {}).get(hparam), (int, float))
-           and isinstance((t.get("metrics") or {}).get(metric), (int, float))]
+def _scatter_plot(trials: list[TrialOutcome], winner: int | None, metric: str, hparam: str) -> str | None:
+    pts = [(getattr(t.hparams, hparam), t.metrics[metric], i == winner) for i, t in enumerate(trials)
+           if metric in t.metrics]
     if not pts:
         return None
     fig, (ax,) = _axes(1)
@@ -243,20 +278,17 @@ def _scatter_plot(trials: list[dict], metric: str, hparam: str) -> str | None:
     return _svg(fig)
 
 
-def _plot_metric(report: dict) -> str | None:
-    """The metric plotted against the hparams: the one the rule ranks by, else the first rule metric the trials
-    report, else score, else eval_loss."""
-    have = {k for t in report.get("trials") or [] for k, v in (t.get("metrics") or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    selection = report.get("selection") or {}
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(selection.get("rule") or []))
-    return next((w for w in [selection.get("ranked_by"), *words, "score", "eval_loss"] if w in have), None)
+def _plot_metric(report: DomainReport) -> str | None:
+    """The metric plotted against the hparams: the one the rule ranks by, else score, else eval_loss."""
+    have = {k for t in report.result.trials for k in t.metrics}
+    ranked_by = report.selection.ranked_by if report.selection else None
+    return next((m for m in (ranked_by, "score", "eval_loss") if m in have), None)
 
 
-def _plots_html(report: dict) -> str:
-    trials, metric = report.get("trials") or [], _plot_metric(report)
-    parts = [("loss curves per trial", _loss_plot(trials))]
-    parts += [(f"{metric} by {h}", _scatter_plot(trials, metric, h) if metric else None)
+def _plots_html(report: DomainReport) -> str:
+    trials, winner, metric = report.result.trials, report.winner, _plot_metric(report)
+    parts = [("loss curves per trial", _loss_plot(trials, winner))]
+    parts += [(f"{metric} by {h}", _scatter_plot(trials, winner, metric, h) if metric else None)
               for h in ("learning_rate", "lora_rank")]
     notes = (svg or f'<p class="note">No {html.escape(title)} to plot (nothing logged).</p>' for title, svg in parts)
     return f'<div class="plots">{"".join(notes)}</div>'
@@ -307,8 +339,8 @@ def _md_blocks(blocks: list[tuple]) -> list[str]:
     return out
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# {_md(_verdict_line(report))}", "", *_md_blocks(_blocks(report))]
+def render_markdown(report: DomainReport) -> str:
+    lines = [f"# {_md(_verdict_line(report.result))}", "", *_md_blocks(_blocks(report))]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -326,7 +358,8 @@ def _html_cell(c: Any) -> str:
 
 
 def _table_html(cls: str, header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
-    cells = lambda r: "".join(f"<td>{c if isinstance(c, Raw) else _html_cell(c)}</td>" for c in r)
+    def cells(r):
+        return "".join(f"<td>{c if isinstance(c, Raw) else _html_cell(c)}</td>" for c in r)
     body = "".join(f'<tr class="{(row_classes or [""] * len(rows))[i]}">{cells(r)}</tr>' for i, r in enumerate(rows))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -377,52 +410,48 @@ def _html_blocks(blocks: list[tuple]) -> list[str]:
     return out
 
 
-def render_html(report: dict[str, Any]) -> str:
-    d = report.get("domain") or {}
-    status = d.get("status") or "failed"
-    verdict = (f'<div class="verdict v-{status if status in VERDICTS else "other"}" id="verdict">'
-               f"{html.escape(_verdict_line(report))}</div>")
-    return _page(f"{d.get('name', '?')}: {_verdict(status)}", "\n".join([verdict, *_html_blocks(_blocks(report))]))
+def render_html(report: DomainReport) -> str:
+    status = report.result.status
+    verdict = (f'<div class="verdict v-{status}" id="verdict">{html.escape(_verdict_line(report.result))}</div>')
+    return _page(f"{report.result.name}: {_verdict(status)}", "\n".join([verdict, *_html_blocks(_blocks(report))]))
 
 
-def write_reports(report: dict[str, Any], out_dir: str | Path) -> None:
+def write_reports(report: DomainReport, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str),
+    (out_dir / "report.json").write_text(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False),
                                          encoding="utf-8")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
 
 
 # ---------- per-run summary ----------
-def _summary_rows(summary: dict) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Header and text rows (domain, verdict, key metrics..., failed checks or error) and the domain entries."""
-    domains = list((summary.get("domains") or {}).items())
-    metrics = list(dict.fromkeys(m for _, d in domains for m in d.get("key_metrics") or {}))
-    rows = [[name, _verdict(d.get("status")), *(_num((d.get("key_metrics") or {}).get(m)) for m in metrics),
-             ", ".join(_failed_checks(d.get("gate"))) or str(d.get("error") or "")] for name, d in domains]
-    return ["domain", "verdict", *metrics, "failed checks / error"], rows, [d for _, d in domains]
+def _summary_rows(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows: domain, verdict, key metrics..., failed checks or error."""
+    domains = list(summary.domains.items())
+    metrics = list(dict.fromkeys(m for _, d in domains for m in d.key_metrics))
+    rows = [[name, _verdict(d.status), *(_num(d.key_metrics.get(m)) for m in metrics),
+             ", ".join(d.gate.failed if d.gate else []) or (d.error or "")] for name, d in domains]
+    return ["domain", "verdict", *metrics, "failed checks / error"], rows
 
 
-def render_index(summary: dict[str, Any]) -> str:
+def render_index(summary: RunSummary) -> str:
     esc = html.escape
-    header, rows, entries = _summary_rows(summary)
+    header, rows = _summary_rows(summary)
     cells = []
-    for row, d in zip(rows, entries):
-        status = d.get("status") or "failed"
-        badge = f'<span class="verdict v-{status if status in VERDICTS else "other"}">{esc(row[1])}</span>'
-        link = f'<a href="{esc(d["report_href"])}">report</a>' if d.get("report_href") else "—"
+    for row, (name, d) in zip(rows, summary.domains.items()):
+        badge = f'<span class="verdict v-{d.status}">{esc(row[1])}</span>'
+        link = f'<a href="{esc(name)}/report.html">report</a>' if d.status != "failed" else "—"
         cells.append([row[0], Raw(badge), *row[2:], Raw(link)])
-    head = (f"<h1>Run {esc(str(summary.get('run_id')))}: {esc(str(summary.get('status', '')))}</h1>"
-            f"<p>{esc(_num(summary.get('seconds')))} s · storage "
-            f"<code>{esc(str(summary.get('storage', '')))}</code></p>")
-    return _page(f"lorafleet run {summary.get('run_id')}", head + _table_html("index", [*header, "report"], cells))
+    head = (f"<h1>Run {esc(summary.run_id)}: {esc(summary.status)}</h1>"
+            f"<p>{esc(_num(summary.seconds))} s · storage <code>{esc(summary.storage)}</code></p>")
+    return _page(f"lorafleet run {summary.run_id}", head + _table_html("index", [*header, "report"], cells))
 
 
-def summary_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: RunSummary) -> str:
     """The same per-domain information as index.html, as a plain-text table for a terminal."""
-    header, rows, _ = _summary_rows(summary)
+    header, rows = _summary_rows(summary)
     rows = [[*r[:-1], r[-1].replace("\n", " ")[:80]] for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)]) + "\n"

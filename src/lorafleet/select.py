@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
 
 from lorafleet.config import RankKey
 
 
-def _value(trial: dict[str, Any], metric: str) -> float | None:
-    value = (trial.get("metrics") or {}).get(metric)
+class Selection(BaseModel):
+    """The winning trial's index, how the rule got there (a line a step), the rule as a person reads it,
+    and the metric it ranks by (the first key without a threshold)."""
+
+    model_config = ConfigDict(frozen=True)
+    winner: int
+    notes: list[str]
+    rule: list[str]
+    ranked_by: str | None
+
+
+def _value(metrics: Mapping[str, float] | None, metric: str) -> float | None:
+    value = (metrics or {}).get(metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -26,16 +39,15 @@ def describe(rule: Sequence[RankKey]) -> list[str]:
     return lines
 
 
-def pick_winner(trials: Sequence[dict[str, Any]], rule: Sequence[RankKey]) -> tuple[int, list[str]]:
-    """Index of the winning trial, and how the rule got there (a line a step).
+def pick_winner(trials: Sequence[Mapping[str, float] | None], rule: Sequence[RankKey]) -> Selection:
+    """The winner among trials given as their metrics (None or empty for a trial that did not finish).
 
-    ``trials`` are ``{"hparams": ..., "metrics": ...}``. Each key in turn: trials without a finite value
-    for it drop out (unless none has one: then the key is skipped). A key with a threshold is a filter: the
-    trials that reach it stay (if none does, all stay, and the note says so: the gate judges that). A key
-    without one ranks: the trials within ``within`` of the best stay. The first remaining trial wins. Raises ValueError when no trial
-    has metrics.
+    Each key in turn: trials without a finite value for it drop out (unless none has one: then the key is
+    skipped). A key with a threshold is a filter: the trials that reach it stay (if none does, all stay, and
+    the note says so: the gate judges that). A key without one ranks: the trials within ``within`` of the
+    best stay. The first remaining trial wins. Raises ValueError when no trial has metrics.
     """
-    candidates = [i for i, t in enumerate(trials) if t.get("metrics")]
+    candidates = [i for i, m in enumerate(trials) if m]
     if not candidates:
         raise ValueError("no finished trial to choose from")
     notes = []
@@ -58,4 +70,5 @@ def pick_winner(trials: Sequence[dict[str, Any]], rule: Sequence[RankKey]) -> tu
         candidates = [i for i in have if abs(_value(trials[i], key.metric) - best) <= key.within]
         notes.append(f"{'highest' if key.mode == 'max' else 'lowest'} {key.metric} = {best:.4g}: "
                      f"{len(candidates)} trial(s) within {key.within:g}")
-    return candidates[0], notes
+    return Selection(winner=candidates[0], notes=notes, rule=describe(rule),
+                     ranked_by=next((k.metric for k in rule if k.threshold is None), None))

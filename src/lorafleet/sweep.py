@@ -4,26 +4,38 @@ All domains' trials go into one Tuner, so they share the cluster concurrently in
 one domain after another; each trial gets its domain's ``resources_per_trial``. The trial function
 is stock: ``train_trial`` with a callback that reports every evaluation to Tune, and the adapter
 reported last as the trial's checkpoint (stored in the run's storage, so any node can read it).
+
+A rerun of a run id picks up where the earlier attempt stopped: each Tune experiment of the run is
+recorded with the fingerprint of every domain it trains (what the trials depend on: base model, data
+version, train/sweep/eval settings). A domain whose fingerprint still matches resumes in its experiment
+(finished trials kept, errored and unfinished ones run again); a domain that is already published or was
+dropped from the run has its leftover trials skipped; a domain whose config or data changed starts over in
+a fresh experiment, and the log says so.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import math
-import os
 import random
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafleet import publish
 from lorafleet.config import DomainConfig, RangeSpec
+from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
+from lorafleet.results import TrialOutcome
 from lorafleet.train import HParams
 
 log = logging.getLogger(__name__)
 
 SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
+KEY_TRIAL_METRICS = ("eval_loss", "schema_pass_rate", "score")
 
 # Ray Tune copies these from the driver's environment into every trial actor's runtime_env, and Ray's
 # runtime-env agent writes runtime_envs to its log in plain text. Trials get credentials the way every
@@ -31,30 +43,28 @@ SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 
-@contextlib.contextmanager
-def credentials_kept_out_of_runtime_env():
-    """While trials start, hide credential variables from this process's environment. Storage clients
-    created before (the run's S3 filesystem) keep the credentials they already resolved."""
-    saved = {k: os.environ.pop(k) for k in CREDENTIAL_VARS if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
+def keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Take the credential variables off Tune's list of driver variables it copies into trial actors'
+    runtime_env (``ray.tune.execution.class_cache``); the driver's own environment stays as it is, so its
+    storage clients can reconnect or refresh tokens at any time during the sweep."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(CREDENTIAL_VARS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DomainPlan:
     cfg: DomainConfig
     data: PreparedData
 
-
-@dataclass
-class TrialOutcome:
-    hparams: dict[str, Any]
-    metrics: dict[str, Any]
-    checkpoint: Any  # ray.tune.Checkpoint of the adapter, wherever the run's storage is
-    error: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    @property
+    def fingerprint(self) -> str:
+        """What a trial's result depends on: a change here means earlier trials no longer apply."""
+        c = self.cfg
+        inputs = {"base_model": c.base_model, "system_prompt": c.system_prompt, "data": self.data.manifest.dataset_version,
+                  "train": c.train.model_dump(mode="json"), "sweep": c.sweep.model_dump(mode="json"),
+                  "eval": c.eval.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _sample(spec: list | RangeSpec, rng: random.Random) -> float:
@@ -80,13 +90,18 @@ def trial_hparams(cfg: DomainConfig) -> list[HParams]:
 
 
 def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
-    """One trial, in its own Ray worker process."""
+    """One trial, in its own Ray worker process. A leftover trial of a restored experiment whose domain is
+    not (or no longer in the same form) part of this sweep returns at once."""
     from ray import tune
     from transformers import TrainerCallback
 
     from lorafleet.train import train_trial
 
     spec = config["trial"]
+    plan = plans.get(spec["domain"])
+    if plan is None or plan.fingerprint != spec["fingerprint"]:
+        tune.report({"skipped": 1.0})
+        return
     label = _trial_label(spec)
 
     class ReportToTune(TrainerCallback):
@@ -96,12 +111,12 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
                          metrics.get("eval_loss", float("nan")))
                 tune.report({**metrics, "step": state.global_step})
 
-    plan = plans[spec["domain"]]
     work = Path(tune.get_context().get_trial_dir()) / "work"
     result = train_trial(plan.cfg.base_model, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
                          plan.data.val, work, callbacks=[ReportToTune()],
                          after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
-    final = {**result.metrics, "backend": result.backend, "history": result.history, "step": result.metrics["steps"]}
+    final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
+             "history": result.history, "step": result.metrics["steps"]}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
 
 
@@ -111,8 +126,8 @@ def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[s
 
     val = plan.data.val[: plan.cfg.eval.max_examples]
     answers = evaluate.generate(model, tokenizer, val, plan.cfg.eval.max_new_tokens, plan.cfg.eval.batch_size)
-    rows = evaluate.score_rows(val, answers, plan.data.schema, plan.cfg.eval)
-    values = evaluate.values(metrics.aggregate(rows, samples=1))
+    scored = evaluate.score_answers(val, answers, plan.data.schema, plan.cfg.eval)
+    values = metrics.aggregate([a.score for a in scored], samples=1).values()
     log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
     return values
 
@@ -125,11 +140,18 @@ def _trial_name(trial) -> str:
     return f"{_trial_label(trial.config['trial'])}-{trial.trial_id}"
 
 
-def trial_progress(total: int):
-    """A Tune callback that logs a line as each trial ends: how many are done, and its result."""
-    import time
-
+def trial_progress(fingerprints: dict[str, str], total: int):
+    """A Tune callback (in the driver) that logs a line as each of this sweep's trials starts and ends
+    (``fingerprints``: the domains this sweep trains; leftover trials of others are not counted)."""
     from ray.tune import Callback
+
+    def ours(trial) -> bool:
+        spec = trial.config["trial"]
+        return fingerprints.get(spec["domain"]) == spec["fingerprint"]
+
+    def describe(trial) -> str:
+        spec = trial.config["trial"]
+        return f"[{spec['domain']}] trial r{spec['lora_rank']} lr{spec['learning_rate']:g} e{spec['epochs']}"
 
     class TrialProgress(Callback):
         def __init__(self):
@@ -137,70 +159,134 @@ def trial_progress(total: int):
             self.started: dict[str, float] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.started.setdefault(trial.trial_id, time.time())
-            log.info("sweep: started %s", _trial_label(trial.config["trial"]))
+            if ours(trial):
+                self.started.setdefault(trial.trial_id, time.time())
+                progress.info("%s started", describe(trial))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if not ours(trial):
+                return
             self.done += 1
             result = trial.last_result or {}
-            shown = {k: result[k] for k in ("eval_loss", "schema_pass_rate", "score") if isinstance(result.get(k), float)}
+            shown = ", ".join(f"{k} {result[k]:.3f}" for k in KEY_TRIAL_METRICS if isinstance(result.get(k), float))
             seconds = time.time() - self.started.get(trial.trial_id, time.time())
-            log.info("sweep: %d/%d trials done: %s in %.0f s (%s)", self.done, total, _trial_label(trial.config["trial"]),
-                     seconds, ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+            progress.info("%s done in %.0f s: %s (%d/%d trials)", describe(trial), seconds, shown, self.done, total)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            log.error("sweep: %d/%d trials done: %s FAILED", self.done, total, _trial_label(trial.config["trial"]))
+            if ours(trial):
+                self.done += 1
+                log.error("%s FAILED (%d/%d trials); its error is in the worker logs", describe(trial), self.done,
+                          total)
 
     return TrialProgress()
 
 
-def run_sweep(plans: dict[str, DomainPlan], storage_path: str, name: str, storage_filesystem=None,
-              verbose: int = 1, callbacks: list | None = None) -> dict[str, list[TrialOutcome]]:
-    """Run every domain's trials in one Tuner; return the outcomes grouped by domain."""
+@dataclass(frozen=True)
+class _Experiment:
+    name: str
+    plans: dict[str, DomainPlan]
+    restore: bool
+
+
+def _experiments(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: str) -> list[_Experiment]:
+    """The Tune experiments this attempt runs: earlier attempts' experiments that still hold trials of
+    domains to train (unchanged), then a fresh one for every other domain."""
+    from ray import tune
+
+    tune_path, tune_fs = storage.tune_location(run_id)
+    recorded = publish.read_sweep_records(storage, run_id)
+    todo = dict(plans)
+    experiments = []
+    for name, fingerprints in recorded.items():
+        mine = {d: todo.pop(d) for d, fp in fingerprints.items() if d in todo and todo[d].fingerprint == fp}
+        if mine and tune.Tuner.can_restore(f"{tune_path}/{name}", storage_filesystem=tune_fs):
+            experiments.append(_Experiment(name, mine, restore=True))
+        else:
+            todo.update(mine)
+    for name, fingerprints in recorded.items():
+        for d in sorted(set(fingerprints) & set(todo)):
+            log.warning("[%s] config or data changed since an earlier attempt of run %s (%s); its trials start over",
+                        d, run_id, name)
+    if todo:
+        name = f"sweep-{len(recorded) + 1}"
+        publish.write_sweep_record(storage, run_id, name, {d: p.fingerprint for d, p in todo.items()})
+        experiments.append(_Experiment(name, todo, restore=False))
+    return experiments
+
+
+def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: str, verbose: bool = False,
+              callbacks: list | None = None) -> dict[str, list[TrialOutcome]]:
+    """Train every domain's trials (resuming an earlier attempt of the run); the outcomes by domain."""
+    keep_credentials_out_of_trial_runtime_envs()
+    outcomes: dict[str, list[TrialOutcome]] = {}
+    for experiment in _experiments(plans, storage, run_id):
+        outcomes.update(_fit(experiment, storage, run_id, verbose, callbacks or []))
+    return outcomes
+
+
+def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose: bool,
+         callbacks: list) -> dict[str, list[TrialOutcome]]:
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    trials = [{"domain": d, **vars(hp)} for d, plan in plans.items() for hp in trial_hparams(plan.cfg)]
-    log.info("sweep: %d trials over %d domains", len(trials), len(plans))
+    plans = experiment.plans
+    specs = [{"domain": d, "fingerprint": plan.fingerprint, **vars(hp)}
+             for d, plan in plans.items() for hp in trial_hparams(plan.cfg)]
 
     def resources(config: dict[str, Any]) -> PlacementGroupFactory:
-        res = plans[config["trial"]["domain"]].cfg.sweep.resources_per_trial
-        return PlacementGroupFactory([{"CPU": res.cpu, "GPU": res.gpu}])
+        plan = plans.get(config["trial"]["domain"])
+        res = plan.cfg.sweep.resources_per_trial if plan else None
+        return PlacementGroupFactory([{"CPU": res.cpu if res else 1, "GPU": res.gpu if res else 0}])
 
-    callbacks = [trial_progress(len(trials)), *(callbacks or [])]
+    tune_path, tune_fs = storage.tune_location(run_id)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
-    experiment = f"{storage_path.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(experiment, storage_filesystem=storage_filesystem):
-        # an earlier attempt of this run was interrupted: finished trials are kept, the rest run again
-        log.info("sweep: resuming the interrupted sweep at %s", experiment)
-        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True,
-                                   storage_filesystem=storage_filesystem)
+    callbacks = [trial_progress({d: p.fingerprint for d, p in plans.items()}, len(specs)), *callbacks]
+    if experiment.restore:
+        progress.info("sweep: resuming the interrupted sweep %s for %s", experiment.name, ", ".join(plans))
+        tuner = tune.Tuner.restore(f"{tune_path}/{experiment.name}", trainable, resume_errored=True,
+                                   storage_filesystem=tune_fs)
+        # Tune restores the earlier attempt's callbacks (pickled with its RunConfig) and has no public way to
+        # replace them; this attempt's progress counts only the domains it trains
+        run_config = tuner._local_tuner.get_run_config()  # noqa: SLF001
+        run_config.callbacks, run_config.verbose = callbacks, 1 if verbose else 0
     else:
+        progress.info("sweep: %d trials over %d domains (%s)", len(specs), len(plans), ", ".join(plans))
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(trials)},
+            param_space={"trial": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                      verbose=verbose, failure_config=tune.FailureConfig(max_failures=1),
-                                      callbacks=callbacks),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=tune_path, storage_filesystem=tune_fs,
+                                      verbose=1 if verbose else 0, callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
         )
-    with credentials_kept_out_of_runtime_env():
+    with library_prints_to_log():
         grid = tuner.fit()
+    return _outcomes(grid, plans)
+
+
+def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome]]:
     outcomes: dict[str, list[TrialOutcome]] = {d: [] for d in plans}
     for result in grid:
-        spec = dict(result.config["trial"])
-        domain = spec.pop("domain")
-        if domain not in outcomes:
+        spec = result.config["trial"]
+        plan = plans.get(spec["domain"])
+        if plan is None or plan.fingerprint != spec["fingerprint"]:
             continue
-        metrics = dict(result.metrics or {})
-        history = metrics.pop("history", [])
+        reported = result.metrics or {}
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not k.startswith(
-            ("time_", "timestamp", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
-             "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint"))}
-        outcomes[domain].append(TrialOutcome(
-            hparams=spec, metrics=keep if error is None and result.checkpoint else {},
-            checkpoint=result.checkpoint, error=error, history=history))
+        finished = error is None and result.checkpoint is not None
+        outcomes[spec["domain"]].append(TrialOutcome(
+            hparams=HParams.from_dict(spec), backend=reported.get("backend"),
+            load_in_4bit=bool(reported.get("load_in_4bit", False)),
+            metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
+            error=error, checkpoint=result.checkpoint if finished else None))
     return outcomes
+
+
+def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
+    """The trial's own numbers from its last Tune result, without Tune's bookkeeping."""
+    bookkeeping = ("time_", "timestamp", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
+                   "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name",
+                   "should_checkpoint", "load_in_4bit")
+    return {k: float(v) for k, v in reported.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not k.startswith(bookkeeping)}

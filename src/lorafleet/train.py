@@ -14,9 +14,10 @@ import importlib.util
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lorafleet.base_model import resolve_base_model
 from lorafleet.config import TrainConfig
@@ -32,7 +33,7 @@ class HParams:
     epochs: int
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HParams":
+    def from_dict(cls, d: dict[str, Any]) -> HParams:
         return cls(lora_rank=int(d["lora_rank"]), learning_rate=float(d["learning_rate"]), epochs=int(d["epochs"]))
 
 
@@ -40,12 +41,10 @@ class HParams:
 class TrialResult:
     hparams: HParams
     backend: str
+    load_in_4bit: bool
     adapter_dir: str
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "hparams": asdict(self.hparams)}
 
 
 def cuda_available() -> bool:
@@ -73,7 +72,7 @@ def _use_4bit(train_cfg: TrainConfig) -> bool:
 
 
 def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, seed: int):
-    from unsloth import FastLanguageModel  # noqa: import here only (see module docstring)
+    from unsloth import FastLanguageModel  # imported here only (see module docstring)
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None,
@@ -177,11 +176,13 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     trainer.model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds, "load_seconds": load_seconds,
-               "steps": trainer.state.global_step, "load_in_4bit": _use_4bit(train_cfg), **extra}
+               "steps": trainer.state.global_step, **extra}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
     (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
-        {"hparams": asdict(hp), "backend": backend, "base_model": base_model, "metrics": metrics}, indent=2))
+        {"hparams": asdict(hp), "backend": backend, "load_in_4bit": _use_4bit(train_cfg), "base_model": base_model,
+         "metrics": metrics}, indent=2))
     del trainer, model
     if on_cuda:
         torch.cuda.empty_cache()
-    return TrialResult(hparams=hp, backend=backend, adapter_dir=str(adapter_dir), metrics=metrics, history=history)
+    return TrialResult(hparams=hp, backend=backend, load_in_4bit=_use_4bit(train_cfg), adapter_dir=str(adapter_dir),
+                       metrics=metrics, history=history)

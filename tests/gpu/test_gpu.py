@@ -30,7 +30,7 @@ def ray_gpu():
 
     temp = Path("/tmp") / f"raygpu{os.getpid()}"
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _temp_dir=str(temp),
-             runtime_env={"worker_process_setup_hook": "lorafleet.cli.configure_logging"})
+             runtime_env={"worker_process_setup_hook": "lorafleet.console.setup_worker"})
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -48,8 +48,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     html = (domain_dir / "report.html").read_text()
     assert "score gain &gt;= 25" in html and html.count("<svg") >= 3
     report = json.loads((domain_dir / "report.json").read_text())
-    assert {"base", "tuned", "onnx", "delta"} <= set(report["evaluation"]["test"])
-    assert report["evaluation"]["golden"]["tuned"]["n"] == 12  # the golden set is scored every run
+    assert {"base", "tuned", "onnx", "delta"} <= set(report["result"]["test"])
+    assert report["result"]["golden"]["tuned"]["n"] == 12  # the golden set is scored every run
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 

@@ -12,13 +12,15 @@ pytestmark = pytest.mark.integration
 
 
 
-def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str) -> list[str]:
-    """`lorafleet run` over a copy of one bundled domain, with a quick profile and an always-open gate."""
+def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str, also: tuple = ()) -> list[str]:
+    """`lorafleet run` over copies of bundled domains, with a quick profile and an always-open gate
+    (``base=None``: each domain's own base_model)."""
     config_dir = tmp_path / "domains"
     config_dir.mkdir()
-    shutil.copy(DOMAINS_DIR / f"{domain}.yaml", config_dir)
-    shutil.copytree(DOMAINS_DIR / domain, config_dir / domain)
-    quick = [f"base_model={base}", "train.max_steps=4", "train.eval_steps=2", "gate.min.schema_pass_rate=0",
+    for name in (domain, *also):
+        shutil.copy(DOMAINS_DIR / f"{name}.yaml", config_dir)
+        shutil.copytree(DOMAINS_DIR / name, config_dir / name)
+    quick = [*([f"base_model={base}"] if base else []), "train.max_steps=4", "train.eval_steps=2", "gate.min.schema_pass_rate=0",
              "gate.min.json_valid_rate=0", "gate.not_below_base=[]", "gate.min_improvement.score=-100",
              "gate.max_field_regression=1", "gate.golden_min.schema_pass_rate=0", *sets]
     return ["run", "--config-dir", str(config_dir), "--storage", storage, "--run-id", run_id,
@@ -70,21 +72,40 @@ def test_run_publishes_to_s3_and_rerun_is_a_no_op(s3_bucket, local_ray, small_ba
             assert CANARY_SECRET not in path.read_text(errors="ignore"), path
 
 
-def test_rerun_resumes_the_sweep_from_s3_and_finishes_the_failed_domain(s3_bucket, local_ray, small_base, tmp_path,
-                                                                         capfd, caplog):
-    args = _run_args(tmp_path, "legal", s3_bucket, "resume", small_base, "sweep.space.lora_rank=[4]",
-                     "eval.max_examples=2", "eval.max_new_tokens=8")
-    # first attempt: every trial fails (Unsloth needs CUDA), nothing is published
-    assert main(args + ["--set", "train.backend=unsloth"]) == 1
+def test_rerun_resumes_the_sweep_from_s3_and_skips_leftover_trials_of_published_domains(
+        s3_bucket, local_ray, small_base, tmp_path, capfd):
+    """Attempt 1: medical publishes from one trial while its other trial fails (a rank too large to allocate);
+    every legal trial fails (its base model is not there yet). Attempt 2 restores the sweep from S3: legal's
+    trials run again and publish; medical's leftover errored trial is skipped, not run against a domain the
+    rerun no longer trains (that was a KeyError)."""
+    late_base = tmp_path / "late-base"
+    args = _run_args(tmp_path, "medical", s3_bucket, "resume", None, "eval.max_examples=2", "eval.max_new_tokens=8",
+                     also=("legal",))
+    for name, edits in (("medical", [("lora_rank: [8, 16]", "lora_rank: [4, 1000000000]"),
+                                     ("base_model: tiny", f"base_model: {small_base}")]),
+                        ("legal", [("lora_rank: [8, 16]", "lora_rank: [4]"),
+                                   ("base_model: tiny", f"base_model: {late_base}")])):
+        path = tmp_path / "domains" / f"{name}.yaml"
+        for old, new in edits:
+            assert old in path.read_text(), (name, old)
+            path.write_text(path.read_text().replace(old, new))
+
+    assert main(args) == 1  # legal failed: the run is partial
     storage = publish.Storage(s3_bucket)
     first = storage.read_json("runs/resume/summary.json")
-    assert first["status"] == "failed" and "every trial failed" in first["domains"]["legal"]["error"]
-    assert not publish.is_published(storage, "resume", "legal")
-    assert not storage.exists(publish.latest_key("legal"))
-    # the rerun restores the sweep from S3, re-runs the errored trial, and publishes
+    assert first["status"] == "partial" and "every trial failed" in first["domains"]["legal"]["error"]
+    assert first["domains"]["medical"]["status"] == "published"
+    assert [t["error"] is None for t in first["domains"]["medical"]["trials"]] == [True, False]
+    manifest = storage.read_json("runs/resume/medical/manifest.json")
+    capfd.readouterr()
+
+    late_base.symlink_to(small_base)  # the transient cause is gone; no config changed
     assert main(args) == 0
     out = capfd.readouterr()
-    assert "resuming the interrupted sweep" in out.out + out.err + caplog.text
+    printed = out.out + out.err
+    assert "resuming the interrupted sweep sweep-1 for legal" in printed
+    assert "[medical] trial" not in printed and "KeyError" not in printed
     second = storage.read_json("runs/resume/summary.json")
     assert second["status"] == "succeeded" and second["domains"]["legal"]["status"] == "published"
-    assert storage.read_json(publish.latest_key("legal"))["run_id"] == "resume"
+    assert second["domains"]["medical"]["resumed"] and storage.read_json("runs/resume/medical/manifest.json") == manifest
+    assert publish.verify(f"{s3_bucket}/runs/resume") == []

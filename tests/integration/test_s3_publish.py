@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorafleet import publish
-from lorafleet.pipeline import resume_published
+from lorafleet.pipeline import promote_passed, resume_published
+from lorafleet.results import DomainResult
 from lorafleet.publish import AlreadyPublished, PublishError, Storage
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ def _domain_dir(tmp_path, run_id, n_files=5):
     for i in range(n_files):
         (out / "onnx").mkdir(parents=True, exist_ok=True)
         (out / "onnx" / f"part{i}.bin").write_bytes(f"{run_id}:{i}:".encode() * 200)
-    (out / publish.DOMAIN_SUMMARY).write_text(json.dumps({"status": "published"}))
+    (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(DomainResult(name="d", status="published").to_json()))
     return out
 
 
@@ -67,10 +68,11 @@ def test_crash_between_manifest_and_pointer_is_finished_by_the_rerun(s3_bucket, 
     # crash here: manifest written, pointer not moved; a reader still gets a complete r1
     pointer = storage.read_json(publish.latest_key("medical"))
     assert pointer["run_id"] == "r1" and storage.exists(pointer["manifest"])
-    entry = resume_published(storage, "r2", "medical")
-    assert entry == {"status": "published"}
+    kept = resume_published(storage, "r2", ["medical"])
+    assert kept["medical"].status == "published" and kept["medical"].resumed
+    promote_passed(storage, "r2", kept)
     assert storage.read_json(publish.latest_key("medical"))["run_id"] == "r2"
-    assert resume_published(storage, "r3", "medical") is None
+    assert resume_published(storage, "r3", ["medical"]) == {}
 
 
 def test_same_run_id_twice_publishes_exactly_once(s3_bucket, tmp_path):

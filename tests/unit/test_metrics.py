@@ -4,8 +4,18 @@ import unicodedata
 import jsonschema
 import pytest
 
-from lorafleet.metrics import (MetricSpec, _WordTokenizer, aggregate, bootstrap_ci, paired_delta, score_example,
-                               worst_fields)
+from lorafleet.metrics import (
+    Evaluation,
+    ExampleScore,
+    Metric,
+    MetricSpec,
+    _WordTokenizer,
+    aggregate,
+    bootstrap_ci,
+    paired_delta,
+    score_example,
+    worst_fields,
+)
 
 ANY = jsonschema.Draft202012Validator({})
 STRICT = jsonschema.Draft202012Validator(
@@ -17,7 +27,7 @@ CONTRACT_VI = "Bên A cam kết thanh toán 50 triệu đồng cho Bên B trư�
 
 def fields(ref: dict, pred, spec: MetricSpec = SPEC) -> dict:
     pred_text = pred if isinstance(pred, str) else json.dumps(pred, ensure_ascii=False)
-    return score_example(pred_text, json.dumps(ref, ensure_ascii=False), "", ANY, spec)["fields"]
+    return score_example(pred_text, json.dumps(ref, ensure_ascii=False), "", ANY, spec).fields
 
 
 def test_strings_are_normalised_for_case_nfkc_and_whitespace():
@@ -65,24 +75,24 @@ def test_invalid_json_row_gives_zeros():
     ref = json.dumps({"name": "A", "amount": 5, "quotes": ["Bên A"], "summary": "tóm tắt"}, ensure_ascii=False)
     for bad in ['{"name": "A", "amount": 5', '```json\n{"name": "A", "amount": 5}\n```', ""]:
         row = score_example(bad, ref, CONTRACT_VI, STRICT, spec)
-        assert row["json_valid"] == row["schema_pass"] == row["field_accuracy"] == row["score"] == 0.0
-        assert set(row["fields"].values()) == {0.0}
-        assert row["chrf"] == row["rouge_l"] == 0.0 and row["grounding"] is None
+        assert row.json_valid == row.schema_pass == row.field_accuracy == row.score == 0.0
+        assert set(row.fields.values()) == {0.0}
+        assert row.chrf == row.rouge_l == 0.0 and row.grounding is None
     assert score_example('  {"name": "A", "amount": 5}\n', '{"name": "A", "amount": 5}', "", STRICT,
-                         SPEC)["score"] == 100.0
+                         SPEC).score == 100.0
 
 
 def test_schema_failure_keeps_field_credit():
     row = score_example('{"name": "A", "amount": 5, "extra": 1}', '{"name": "A", "amount": 5}', "", STRICT, SPEC)
-    assert (row["json_valid"], row["schema_pass"], row["field_accuracy"]) == (1.0, 0.0, 1.0)
-    assert row["score"] == pytest.approx(100 * (0.2 + 0.5))
+    assert (row.json_valid, row.schema_pass, row.field_accuracy) == (1.0, 0.0, 1.0)
+    assert row.score == pytest.approx(100 * (0.2 + 0.5))
     row = score_example('{"name": "A", "amount": "5"}', '{"name": "A", "amount": 5}', "", STRICT, SPEC)
-    assert (row["schema_pass"], row["fields"]) == (0.0, {"name": 1.0, "amount": 0.0})
+    assert (row.schema_pass, row.fields) == (0.0, {"name": 1.0, "amount": 0.0})
 
 
 def grounding(pred: dict, fields=("quotes", "source")) -> float | None:
     return score_example(json.dumps(pred, ensure_ascii=False), "{}", CONTRACT_VI, ANY,
-                         MetricSpec(evidence_fields=fields))["grounding"]
+                         MetricSpec(evidence_fields=fields)).grounding
 
 
 def test_grounding_with_vietnamese_text():
@@ -96,13 +106,13 @@ def test_grounding_with_vietnamese_text():
     assert grounding({"quotes": [verbatim], "other": [paraphrase]}) == 1.0  # only the spec's fields
     for nothing in ({}, {"quotes": []}, {"quotes": ["", "  ", 3]}, {"quotes": None}):
         assert grounding(nothing) is None
-    assert score_example("not json", "{}", CONTRACT_VI, ANY, MetricSpec(evidence_fields=("quotes",)))["grounding"] is None
+    assert score_example("not json", "{}", CONTRACT_VI, ANY, MetricSpec(evidence_fields=("quotes",))).grounding is None
 
 
 def text_scores(pred, ref: str) -> tuple[float, float]:
     row = score_example(json.dumps({"summary": pred}, ensure_ascii=False), json.dumps({"summary": ref}), "", ANY,
                         MetricSpec(text_fields=("summary",)))
-    return row["chrf"], row["rouge_l"]
+    return row.chrf, row.rouge_l
 
 
 def test_chrf_and_rouge_l():
@@ -122,20 +132,20 @@ def test_chrf_and_rouge_l():
     chrf, rouge = text_scores("Cô bé chia sẻ bánh với bạn.", "Cô bé biết chia sẻ bánh cho bạn bè.")
     assert chrf == pytest.approx(0.43830, abs=1e-3) and rouge == pytest.approx(0.75)
     row = score_example("{}", json.dumps({"summary": vi}), "", ANY, MetricSpec(text_fields=("summary", "title")))
-    assert row["chrf"] == row["rouge_l"] == 0.0
-    assert score_example("{}", "{}", "", ANY, SPEC)["chrf"] is None
+    assert row.chrf == row.rouge_l == 0.0
+    assert score_example("{}", "{}", "", ANY, SPEC).chrf is None
 
 
 def test_score_formula_hand_computed():
     row = score_example('{"name": "A", "amount": 9}', '{"name": "a", "amount": 5}', "", STRICT, SPEC)
-    assert row["field_accuracy"] == 0.5
-    assert row["score"] == pytest.approx(100 * (0.2 * 1 + 0.3 * 1 + 0.5 * 0.5))  # 75 points
+    assert row.field_accuracy == 0.5
+    assert row.score == pytest.approx(100 * (0.2 * 1 + 0.3 * 1 + 0.5 * 0.5))  # 75 points
     spec = MetricSpec(evidence_fields=("q",), score_weights=(("field_accuracy", 3), ("grounding", 1)))
     row = score_example('{"name": "A", "q": ["Bên A", "Bên C"]}', '{"name": "A", "amount": 5}', CONTRACT_VI, ANY,
                         spec)
-    assert row["score"] == pytest.approx(100 * (3 * 0.5 + 1 * 0.5) / 4)
+    assert row.score == pytest.approx(100 * (3 * 0.5 + 1 * 0.5) / 4)
     row = score_example('{"name": "A"}', '{"name": "A", "amount": 5}', CONTRACT_VI, ANY, spec)
-    assert row["grounding"] is None and row["score"] == pytest.approx(50.0)  # grounding left out, renormalised
+    assert row.grounding is None and row.score == pytest.approx(50.0)  # grounding left out, renormalised
     with pytest.raises(ValueError):
         MetricSpec(score_weights=(("bleu", 1.0),))
 
@@ -153,7 +163,7 @@ def test_bootstrap_ci_contains_mean_is_deterministic_and_narrows():
         bootstrap_ci([])
 
 
-def rows_for(preds: list[str], refs: list[str], spec: MetricSpec = SPEC) -> list[dict]:
+def rows_for(preds: list[str], refs: list[str], spec: MetricSpec = SPEC) -> list:
     return [score_example(p, r, CONTRACT_VI, STRICT, spec) for p, r in zip(preds, refs)]
 
 
@@ -165,39 +175,42 @@ POOR = [json.dumps({"name": f"n{i}", "amount": i + 10}) if i % 3 == 0 else "oops
 def test_paired_delta():
     base, tuned = rows_for(POOR, REFS), rows_for(GOOD, REFS)
     same = paired_delta(base, base)
-    assert set(same) == {"json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "fields"}
-    for d in [v for k, v in same.items() if k != "fields"] + list(same["fields"].values()):
-        assert d == {"value": 0.0, "ci": [0.0, 0.0]}
+    assert set(same.metrics) == {"json_valid_rate", "schema_pass_rate", "field_accuracy", "score"}
+    for d in [*same.metrics.values(), *same.fields.values()]:
+        assert d == Metric(value=0.0, ci=(0.0, 0.0))
     better = paired_delta(base, tuned)
-    assert better["score"]["value"] > 50 and better["score"]["ci"][0] > 0
-    assert better["field_accuracy"]["ci"][0] > 0 and better["fields"]["amount"]["ci"][0] > 0
-    assert better["fields"]["name"]["value"] == pytest.approx(1 - 14 / 40)
+    assert better.metrics["score"].value > 50 and better.metrics["score"].ci[0] > 0
+    assert better.metrics["field_accuracy"].ci[0] > 0 and better.fields["amount"].ci[0] > 0
+    assert better.fields["name"].value == pytest.approx(1 - 14 / 40)
     assert paired_delta(base, tuned) == better
     with pytest.raises(ValueError):
         paired_delta(base, tuned[:-1])
 
 
 def test_aggregate():
-    assert aggregate([]) == {"n": 0, "metrics": {}, "fields": {}}
+    assert aggregate([]) == Evaluation(n=0)
     spec = MetricSpec(evidence_fields=("q",))
     rows = rows_for(['{"name": "n0", "amount": 0, "q": ["Bên A"]}', '{"name": "x", "amount": 1}', "oops"],
                     REFS[:3], spec)
-    rows[2]["fields"] = {"name": 0.0}  # a row lacking a field counts 0 for it
+    rows[2] = rows[2].model_copy(update={"fields": {"name": 0.0}})  # an example lacking a field counts 0 for it
     out = aggregate(rows)
-    assert out["n"] == 3
-    assert set(out["metrics"]) == {"json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding"}
-    assert out["metrics"]["json_valid_rate"]["value"] == pytest.approx(2 / 3)
-    assert out["metrics"]["grounding"] == {"value": 1.0, "ci": [1.0, 1.0]}  # only the row with evidence
-    assert out["fields"]["amount"]["value"] == pytest.approx(2 / 3)
-    assert out["fields"]["name"]["value"] == pytest.approx(1 / 3)
-    lo, hi = out["metrics"]["score"]["ci"]
-    assert lo <= out["metrics"]["score"]["value"] <= hi
-    assert out["metrics"]["json_valid_rate"]["ci"] == list(bootstrap_ci([r["json_valid"] for r in rows]))
+    assert out.n == 3
+    assert set(out.metrics) == {"json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding"}
+    assert out.value("json_valid_rate") == pytest.approx(2 / 3)
+    assert out.metrics["grounding"] == Metric(value=1.0, ci=(1.0, 1.0))  # only the example with evidence
+    assert out.fields["amount"].value == pytest.approx(2 / 3)
+    assert out.fields["name"].value == pytest.approx(1 / 3)
+    lo, hi = out.metrics["score"].ci
+    assert lo <= out.value("score") <= hi
+    assert out.metrics["json_valid_rate"].ci == bootstrap_ci([r.json_valid for r in rows])
     assert aggregate(rows) == out
-    json.dumps(out)
+    json.dumps(out.model_dump(mode="json"))
 
 
 def test_worst_fields_lowest_mean_ties_by_name():
-    rows = [{"fields": {"a": 1.0, "b": 0.5, "c": 0.5, "d": 0.0}}, {"fields": {"a": 1.0, "b": 0.5, "c": 0.5}}]
+    def score(fields):
+        return ExampleScore(json_valid=1, schema_pass=1, fields=fields, field_accuracy=0)
+
+    rows = [score({"a": 1.0, "b": 0.5, "c": 0.5, "d": 0.0}), score({"a": 1.0, "b": 0.5, "c": 0.5})]
     assert worst_fields(rows) == ["d", "b", "c"]
     assert worst_fields(rows, k=1) == ["d"] and worst_fields([]) == []

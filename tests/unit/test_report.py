@@ -2,23 +2,28 @@ import json
 import re
 
 from lorafleet.report import render_html, render_index, render_markdown, summary_table, write_reports
+from lorafleet.results import DomainResult
 from tests.report_sample import XSS, sample_report, sample_summary
 
 
 def test_markdown_starts_with_the_verdict_and_names_the_failing_check():
-    md = render_markdown(sample_report())
+    report = sample_report()
+    md = render_markdown(report)
     first = md.splitlines()[0]
-    assert first.startswith("# GATED") and "contracts" in first and "field amount >= 0.75" in first
-    assert "schema_pass_rate >= 0.6" not in first  # only the failing checks are named
+    assert first.startswith("# GATED") and "contracts" in first and "score gain >= 25" in first
+    assert "json_valid_rate >= 0.8" not in first  # only the failing checks are named
     for heading in ("## Release gate", "## Test split", "## Golden set", "### Per-field accuracy (test)", "## Sweep",
                     "## Failing examples", "## ONNX parity", "## Merge drift", "## Data manifest",
                     "<summary>Lineage</summary>"):
         assert heading in md
-    assert ("| schema_pass_rate | 0.420 [0.360, 0.470] | 0.780 [0.720, 0.830] | 0.780 [0.720, 0.830] "
-            "| +0.360 [0.320, 0.400] |") in md
-    assert "| amount | 0.400 [0.340, 0.450] | 0.640 [0.580, 0.690] | +0.240 [0.200, 0.280] |" in md
+    test = report.result.test
+    tuned = test.tuned.metrics["schema_pass_rate"]
+    assert f"| {tuned.value:.3f} [{tuned.ci[0]:.3f}, {tuned.ci[1]:.3f}] |" in md
+    amount = test.delta.fields["amount"]
+    assert f"| {amount.value:+.3f} [{amount.ci[0]:.3f}, {amount.ci[1]:.3f}] |" in md
     assert "<script>" not in md and "&lt;script>alert('x')&lt;/script>" in md
-    assert md.count("```") >= 2 * 3 * 3 and "first 400 of 1197 characters" in md  # input, expected, got fenced
+    long_input = max(len(a.input) for g in report.failing_examples for a in g.examples)
+    assert f"first 400 of {long_input} characters" in md
     assert "````" in md  # a `got` containing ``` gets a longer fence
 
 
@@ -27,43 +32,43 @@ def test_html_has_verdict_first_tables_plots_and_escapes_user_text():
     body = page[page.index("<body>"):]
     assert body.index('class="verdict v-gated"') < body.index("<h2")
     verdict = re.search(r'id="verdict">([^<]*)<', page).group(1)
-    assert verdict.startswith("GATED") and "field amount &gt;= 0.75" in verdict
+    assert verdict.startswith("GATED") and "score gain &gt;= 25" in verdict
     assert page.count("<svg") >= 3 and "<?xml" not in page and "<!DOCTYPE svg" not in page
     for table in ('class="gate"', 'class="metrics metrics-test"', 'class="metrics metrics-golden"', 'class="fields"',
                   'class="trials"', 'class="drift"', 'class="data"', 'class="lineage"'):
         assert table in page
-    assert '<tr class="winner">' in page and "field_regression" in page
-    assert 'class="worse"' not in page and 'class="better"' in page
+    assert '<tr class="winner">' in page and "min_improvement" in page
+    assert 'class="better"' in page
     assert "<details><summary>full input" in page  # the long input is cut, the full text is one click away
     assert XSS not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "<script" not in page
-    assert "score by learning_rate" in page and "score by lora_rank" in page  # rule's first metric, plotted
-    report = sample_report()
-    report["selection"]["ranked_by"] = "eval_loss"  # the metric the rule ranks by wins over the first rule word
-    assert "eval_loss by learning_rate" in render_html(report)
+    assert "score by learning_rate" in page and "score by lora_rank" in page  # the metric the rule ranks by
 
 
 def test_failed_domain_without_evaluation_still_renders(tmp_path):
     report = sample_report()
-    report.update(evaluation=None, gate=None, selection=None, onnx_parity=None, merge_drift=None, failing_examples=[])
-    report["domain"].update(status="failed", error="every trial failed: OOM")
-    for t in report["trials"]:
-        t.update(history=[], metrics={}, error="OOM", winner=False)
+    failed = DomainResult.failed("contracts", "every trial failed: OOM",
+                                 [t.model_copy(update={"metrics": {}, "history": [], "error": "OOM"})
+                                  for t in report.result.trials])
+    report = report.model_copy(update={"result": failed, "selection": None, "failing_examples": []})
     write_reports(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert md.startswith("# FAILED — contracts: error: every trial failed: OOM")
     assert 'class="verdict v-failed"' in page and "<svg" not in page and "No loss curves per trial to plot" in page
-    assert json.loads((tmp_path / "report.json").read_text())["domain"]["status"] == "failed"
-    # the barest report: only the required keys
-    bare = {"run_id": "r", "domain": {"name": "d", "status": "failed", "error": "boom"}}
-    assert render_markdown(bare).startswith("# FAILED") and "FAILED" in render_html(bare)
+    assert json.loads((tmp_path / "report.json").read_text())["result"]["status"] == "failed"
+
+
+def test_report_json_round_trips_into_the_same_report(tmp_path):
+    report = sample_report()
+    write_reports(report, tmp_path)
+    assert type(report).model_validate(json.loads((tmp_path / "report.json").read_text())) == report
 
 
 def test_loss_plot_drawn_when_only_train_loss_is_logged():
     report = sample_report()
-    for t in report["trials"]:
-        t["history"] = [r for r in t["history"] if "loss" in r]
+    trials = [t.model_copy(update={"history": [r for r in t.history if "loss" in r]}) for t in report.result.trials]
+    report = report.model_copy(update={"result": report.result.model_copy(update={"trials": trials})})
     page = render_html(report)
     assert page.count("<svg") == 3 and "no eval_loss logged" in page
 
@@ -73,14 +78,20 @@ def test_index_links_every_report_and_names_failed_checks():
     assert page.count("<tr>") == 1 and page.count("<tr class") == 3  # header + a row per domain
     assert '<a href="contracts/report.html">' in page and '<a href="legal/report.html">' in page
     assert "v-gated" in page and "v-published" in page and "v-failed" in page
-    assert "field amount &gt;= 0.75" in page and XSS not in page and "CUDA OOM &lt;script&gt;" in page
+    assert "score gain &gt;= 25" in page and XSS not in page and "CUDA OOM &lt;script&gt;" in page
 
 
 def test_summary_table_has_one_line_per_domain():
-    text = summary_table(sample_summary())
-    lines = text.splitlines()
+    summary = sample_summary()
+    lines = summary_table(summary).splitlines()
     assert len(lines) == 2 + 3 and lines[0].split()[:2] == ["domain", "verdict"]
     rows = {line.split()[0]: line for line in lines[2:]}
     assert set(rows) == {"contracts", "legal", "broken"}
-    assert "GATED" in rows["contracts"] and "field amount >= 0.75" in rows["contracts"] and "78.0" in rows["contracts"]
+    score = summary.domains["contracts"].key_metrics["score"]
+    assert "GATED" in rows["contracts"] and "score gain >= 25" in rows["contracts"] and f"{score:.1f}" in rows["contracts"]
     assert "FAILED" in rows["broken"] and "CUDA OOM" in rows["broken"]
+
+
+def test_run_summary_json_round_trips(tmp_path):
+    summary = sample_summary()
+    assert type(summary).from_json(json.loads(json.dumps(summary.to_json()))) == summary

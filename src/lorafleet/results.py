@@ -1,0 +1,119 @@
+"""What the stages hand each other after training: a trial's outcome, a domain's result and a run's summary.
+Typed records; JSON only where they are written (summary.json, domain_summary.json), and read back from
+there when a rerun keeps what an earlier attempt published."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lorafleet.export import Drift
+from lorafleet.gate import GateVerdict
+from lorafleet.metrics import KEY_METRICS, SplitEvaluation
+from lorafleet.train import HParams
+
+DomainStatus = Literal["published", "gated", "failed"]
+RunStatus = Literal["succeeded", "partial", "failed"]
+
+
+class TrialOutcome(BaseModel):
+    """One trial as the sweep ended it: its hyperparameters, backend, final metrics (validation answers
+    included) and log history, or the error that stopped it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    hparams: HParams
+    backend: str | None = None
+    load_in_4bit: bool = False
+    metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    error: str | None = None
+    checkpoint: Any = Field(None, exclude=True)  # ray.tune.Checkpoint of the adapter, in the run's storage
+
+    @property
+    def finished(self) -> bool:
+        return self.error is None and bool(self.metrics) and self.checkpoint is not None
+
+    @property
+    def label(self) -> str:
+        hp = self.hparams
+        return f"r{hp.lora_rank} lr{hp.learning_rate:g} e{hp.epochs}"
+
+
+class Artifacts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    adapter: str
+    merged: str
+    onnx: str | None
+    report: str
+    data: str
+
+
+class DomainResult(BaseModel):
+    """How one domain ended, whoever produced it: published or gated after finishing, failed (bad config or
+    data, every trial failed, finishing failed), or kept from an earlier attempt of the same run (resumed)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    status: DomainStatus
+    error: str | None = None
+    resumed: bool = False
+    trials: list[TrialOutcome] = []
+    winner: HParams | None = None
+    test: SplitEvaluation | None = None
+    golden: SplitEvaluation | None = None
+    drift: Drift | None = None
+    gate: GateVerdict | None = None
+    artifacts: Artifacts | None = None
+
+    @classmethod
+    def failed(cls, name: str, error: str, trials: list[TrialOutcome] | None = None) -> DomainResult:
+        return cls(name=name, status="failed", error=error, trials=trials or [])
+
+    @property
+    def key_metrics(self) -> dict[str, float | None]:
+        """The few numbers the run index and the terminal table show for a domain."""
+        if self.test is None:
+            return {}
+        keys: dict[str, float | None] = {k: self.test.tuned.value(k) for k in KEY_METRICS
+                                         if k in self.test.tuned.metrics}
+        if "score" in self.test.delta.metrics:
+            keys["score gain"] = self.test.delta.metrics["score"].value
+        if self.golden is not None:
+            keys["golden score"] = self.golden.tuned.value("score")
+        return keys
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.model_dump(mode="json"), "key_metrics": self.key_metrics}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DomainResult:
+        return cls.model_validate({k: v for k, v in data.items() if k != "key_metrics"})
+
+
+class RunSummary(BaseModel):
+    """A whole run: written last to runs/<run_id>/summary.json (a run with a summary is a finished run)."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    status: RunStatus
+    seconds: float
+    storage: str
+    domains: dict[str, DomainResult]
+    summary_uri: str | None = None
+    index_uri: str | None = None
+
+    @classmethod
+    def of(cls, run_id: str, storage: str, seconds: float, domains: dict[str, DomainResult]) -> RunSummary:
+        failed = sum(d.status == "failed" for d in domains.values())
+        status = "succeeded" if failed == 0 else ("failed" if failed == len(domains) else "partial")
+        return cls(run_id=run_id, status=status, seconds=round(seconds, 1), storage=storage,
+                   domains=dict(sorted(domains.items())))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.model_dump(mode="json", exclude={"domains"}),
+                "domains": {name: d.to_json() for name, d in self.domains.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSummary:
+        return cls.model_validate({**data, "domains": {n: DomainResult.from_json(d)
+                                                       for n, d in data["domains"].items()}})
