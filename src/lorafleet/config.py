@@ -255,7 +255,7 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile is a mapping of config fields")
-    return _numbers(raw)
+    return raw
 
 
 def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -266,25 +266,11 @@ def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _yaml_value(raw: str, where: str) -> Any:
+    # YAML 1.1 reads ``1e-9`` as a string: a float field (pydantic, lax mode) parses it, a text field keeps it
     try:
-        value = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not a YAML value: {exc}") from exc
-    return _numbers(value)
-
-
-def _numbers(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-9`` as a string; users mean a number."""
-    if isinstance(value, str):
-        try:
-            return float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value) else value
-        except ValueError:
-            return value
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return value
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +299,7 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
         raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
-    raw = _numbers(_merge(raw, overrides or {}))
+    raw = _merge(raw, overrides or {})
     raw["source_file"] = str(path.resolve())
     try:
         cfg = DomainConfig.model_validate(raw)

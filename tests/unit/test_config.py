@@ -1,9 +1,11 @@
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorafleet.config import ConfigError, find_domain_files, load_domain, parse_overrides
+from lorafleet.config import (ConfigError, find_domain_files, load_domain, load_overrides_file, merge_overrides,
+                              parse_overrides)
 from tests.conftest import DOMAINS_DIR
 
 BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary"]
@@ -77,11 +79,61 @@ def test_grid_search_rejects_a_range(domain_copy):
 def test_overrides_parse_yaml_values_and_numbers(domain_copy):
     overrides = parse_overrides(["sweep.num_samples=2", "train.max_steps=20", "sweep.space.learning_rate=[1e-9]",
                                  "train.backend=peft"])
-    assert overrides == {"sweep": {"num_samples": 2, "space": {"learning_rate": [1e-9]}},
+    # YAML 1.1 reads 1e-9 as a string; the numeric field makes it a number
+    assert overrides == {"sweep": {"num_samples": 2, "space": {"learning_rate": ["1e-9"]}},
                          "train": {"max_steps": 20, "backend": "peft"}}
     cfg = load_domain(domain_copy("contracts"), overrides)
     assert cfg.sweep.space.learning_rate == [1e-9]
     assert cfg.train.max_steps == 20
+
+
+def test_number_like_strings_stay_strings_where_the_field_is_text(domain_copy, tmp_path):
+    path = domain_copy("contracts")
+    shutil.copy(tmp_path / "contracts" / "data.jsonl", tmp_path / "1e5")
+    shutil.copy(tmp_path / "contracts" / "schema.json", tmp_path / "2E-3")
+    path.write_text(path.read_text().replace("description: Extract", "description: 1e5 # Extract")
+                    .replace("path: contracts/data.jsonl", "path: 1e5")
+                    .replace("output_schema: contracts/schema.json", "output_schema: 2E-3"))
+    cfg = load_domain(path)
+    assert (cfg.description, cfg.data.path, cfg.output_schema) == ("1e5", "1e5", "2E-3")
+    assert cfg.data_path == str(tmp_path / "1e5")
+
+    overrides = parse_overrides(["description=1e5", "data.path=1e5", "data.group_key=3e1", "system_prompt=-4E+2"])
+    assert overrides == {"description": "1e5", "data": {"path": "1e5", "group_key": "3e1"}, "system_prompt": "-4E+2"}
+    cfg = load_domain(domain_copy("contracts"), overrides)
+    assert (cfg.description, cfg.data.path, cfg.data.group_key, cfg.system_prompt) == ("1e5", "1e5", "3e1", "-4E+2")
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("description: 1e5\ndata: {path: 1e5}\n")
+    assert load_overrides_file(profile) == {"description": "1e5", "data": {"path": "1e5"}}
+    assert load_domain(domain_copy("contracts"), load_overrides_file(profile)).description == "1e5"
+
+
+@pytest.mark.parametrize("pair, field, expected", [
+    ("sweep.space.learning_rate=[1e-9, 2E-4]", lambda c: c.sweep.space.learning_rate, [1e-9, 2e-4]),
+    ("sweep.space.learning_rate={min: 1e-5, max: 1e-3, log: true}",
+     lambda c: (c.sweep.space.learning_rate.min, c.sweep.space.learning_rate.max), (1e-5, 1e-3)),
+    ("sweep.space.lora_rank={min: 4e0, max: 1.6e+1, integer: true}",
+     lambda c: (c.sweep.space.lora_rank.min, c.sweep.space.lora_rank.max), (4.0, 16.0)),
+    ("gate.min.score=1e1", lambda c: c.gate.min["score"], 10.0),
+    ("gate.min_improvement.score=2.5e1", lambda c: c.gate.min_improvement["score"], 25.0),
+    ("gate.golden_min.schema_pass_rate=3e-1", lambda c: c.gate.golden_min["schema_pass_rate"], 0.3),
+    ("gate.max_field_regression=5e-2", lambda c: c.gate.max_field_regression, 0.05),
+    ("select.rule=[{metric: score, mode: max, threshold: 5e1}, {metric: eval_loss, within: 1e-3}]",
+     lambda c: (c.select.rule[0].threshold, c.select.rule[1].within), (50.0, 1e-3)),
+    ("sweep.resources_per_trial={cpu: 2e0, gpu: 0}", lambda c: c.sweep.resources_per_trial.cpu, 2.0),
+    ("eval.resources={cpu: 5e-1, gpu: 0}", lambda c: c.eval.resources.cpu, 0.5),
+    ("eval.score_weights={json_valid: 1e-1, field_accuracy: 9e-1}", lambda c: c.eval.score_weights,
+     {"json_valid": 0.1, "field_accuracy": 0.9}),
+    ("eval.number_tolerance=1e-3", lambda c: c.eval.number_tolerance, 1e-3),
+    ("train.lora_dropout=5e-2", lambda c: c.train.lora_dropout, 0.05),
+    ("train.weight_decay=1e-2", lambda c: c.train.weight_decay, 0.01),
+    ("data.splits={train: 8e-1, val: 1e-1, test: 1e-1}", lambda c: c.data.splits,
+     {"train": 0.8, "val": 0.1, "test": 0.1}),
+])
+def test_numeric_fields_read_exponent_strings_as_numbers(domain_copy, pair, field, expected):
+    overrides = merge_overrides({"sweep": {"search": "random"}}, parse_overrides([pair]))
+    assert field(load_domain(domain_copy("contracts"), overrides)) == pytest.approx(expected)
 
 
 def test_override_of_unknown_field_is_an_error(domain_copy):
