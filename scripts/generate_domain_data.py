@@ -981,8 +981,6 @@ sweep:
     epochs: [3]
   search: grid
   num_samples: 1
-  metric: eval_loss
-  mode: min
   resources_per_trial: {{cpu: 1, gpu: 0}}
 {quality_yaml(name)}"""
 

@@ -75,9 +75,6 @@ class RangeSpec(_Strict):
         return self
 
 
-Choice = list[float] | RangeSpec
-
-
 class SearchSpace(_Strict):
     lora_rank: list[int] | RangeSpec = Field(default_factory=lambda: [8, 16])
     learning_rate: list[float] | RangeSpec = Field(default_factory=lambda: [2e-4])
@@ -103,8 +100,6 @@ class SweepConfig(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
     search: Literal["grid", "random"] = "grid"
     num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
-    metric: str = "eval_loss"
-    mode: Literal["min", "max"] = "min"
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = 0
 
@@ -226,6 +221,24 @@ class DomainConfig(_Strict):
         return self.resolve(self.eval.golden) if self.eval.golden else None
 
 
+# Fields a config may still carry from an earlier version: rejected with why, not with pydantic's "Extra inputs".
+REMOVED_FIELDS = {
+    ("sweep", "metric"): "it never ranked trials; select.rule chooses the winner",
+    ("sweep", "mode"): "it never ranked trials; select.rule chooses the winner",
+}
+
+
+def _removed_fields(raw: dict[str, Any]) -> list[str]:
+    found = []
+    for key, why in REMOVED_FIELDS.items():
+        node: Any = raw
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            found.append(f"{'.'.join(key)}: removed: {why}")
+    return found
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["train.max_steps=20", "sweep.space.learning_rate=[1e-9]"]`` -> nested dict; values parsed as YAML."""
     nested: dict[str, Any] = {}
@@ -300,6 +313,9 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
     raw = _merge(raw, overrides or {})
+    removed = _removed_fields(raw)
+    if removed:
+        raise ConfigError(f"{path}: {'; '.join(removed)}")
     raw["source_file"] = str(path.resolve())
     try:
         cfg = DomainConfig.model_validate(raw)

@@ -159,3 +159,24 @@ def test_shipped_profiles_apply_to_every_domain():
         for f in find_domain_files(DOMAINS_DIR):
             cfg = load_domain(f, overrides)
             assert cfg.base_model == overrides.get("base_model", cfg.base_model)
+
+
+def test_removed_sweep_metric_and_mode_are_named_with_what_replaced_them(domain_copy):
+    import lorafleet.config as config
+
+    assert not {"metric", "mode"} & set(config.SweepConfig.model_fields)
+    assert not hasattr(config, "Choice")
+    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(metric="eval_loss", mode="min"))
+    with pytest.raises(ConfigError) as err:
+        load_domain(path)
+    assert str(err.value) == (
+        f"{path}: sweep.metric: removed: it never ranked trials; select.rule chooses the winner; "
+        "sweep.mode: removed: it never ranked trials; select.rule chooses the winner")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: sweep.mode: removed: .*select.rule chooses the winner$"):
+        load_domain(domain_copy("contracts"), parse_overrides(["sweep.mode=max"]))
+
+
+def test_no_bundled_config_or_profile_sets_removed_fields():
+    for path in [*find_domain_files(DOMAINS_DIR), *(DOMAINS_DIR.parent / "profiles").glob("*.yaml")]:
+        sweep = yaml.safe_load(path.read_text()).get("sweep") or {}
+        assert not {"metric", "mode"} & set(sweep), path
