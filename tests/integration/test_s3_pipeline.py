@@ -74,8 +74,8 @@ def test_rerun_resumes_the_sweep_from_s3_and_finishes_the_failed_domain(s3_bucke
                                                                          capfd, caplog):
     args = _run_args(tmp_path, "legal", s3_bucket, "resume", small_base, "sweep.space.lora_rank=[4]",
                      "eval.max_examples=2", "eval.max_new_tokens=8")
-    # first attempt: every trial fails (Unsloth needs CUDA), nothing is published
-    assert main(args + ["--set", "train.backend=unsloth"]) == 1
+    # first attempt: every trial fails (its base model is not there), nothing is published
+    assert main(args + ["--set", f"base_model={tmp_path / 'no-such-base'}"]) == 1
     storage = publish.Storage(s3_bucket)
     first = storage.read_json("runs/resume/summary.json")
     assert first["status"] == "failed" and "every trial failed" in first["domains"]["legal"]["error"]

@@ -180,3 +180,64 @@ def test_no_bundled_config_or_profile_sets_removed_fields():
     for path in [*find_domain_files(DOMAINS_DIR), *(DOMAINS_DIR.parent / "profiles").glob("*.yaml")]:
         sweep = yaml.safe_load(path.read_text()).get("sweep") or {}
         assert not {"metric", "mode"} & set(sweep), path
+
+
+GPU_TRIALS = {"sweep": {"resources_per_trial": {"cpu": 1, "gpu": 0.5}}}
+CPU_FINISH = {"eval": {"resources": {"cpu": 1, "gpu": 0}}}
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"eval": {"golden": None}}, r"gate.golden_min: needs a golden set, but eval.golden is not set"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH),
+     r"train.load_in_4bit: auto .* \(sweep.resources_per_trial.gpu: 0.5\).* \(eval.resources.gpu: 0\); give "
+     r"eval.resources a GPU fraction or set train.load_in_4bit: false"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": True}}),
+     r"train.load_in_4bit: true .*eval.resources.gpu: 0"),
+    ({"export": {"dtype": "fp16"}}, r"export.dtype: fp16 exports on CUDA only .*\(sweep.resources_per_trial.gpu: 0, "
+     r"which eval.resources defaults to\)"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}, "export": {"dtype": "fp16"}}),
+     r"export.dtype: fp16 .*\(eval.resources.gpu: 0\); use export.dtype: fp32"),
+    ({"train": {"backend": "unsloth"}}, r"train.backend: unsloth needs CUDA in every trial, but "
+     r"sweep.resources_per_trial.gpu is 0"),
+    ({"train": {"load_in_4bit": True}}, r"train.load_in_4bit: true needs CUDA .*sweep.resources_per_trial.gpu is 0"),
+    ({"gate": {"min": {"grounding": 0.5}}}, r"gate.min: grounding is never measured: eval.evidence_fields is empty"),
+    ({"gate": {"not_below_base": ["chrf"]}}, r"gate.not_below_base: chrf is never measured: eval.text_fields is empty"),
+    ({"gate": {"min_improvement": {"rouge_l": 1}}}, r"gate.min_improvement: rouge_l .*eval.text_fields is empty"),
+    ({"gate": {"golden_min": {"grounding": 0.1}}}, r"gate.golden_min: grounding .*eval.evidence_fields is empty"),
+    ({"select": {"rule": [{"metric": "chrf", "mode": "max"}]}},
+     r"select.rule.0.metric: chrf is never measured: eval.text_fields is empty"),
+    ({"eval": {"score_weights": {"json_valid": 1, "grounding": 1}}},
+     r"eval.score_weights: grounding is never measured: eval.evidence_fields is empty"),
+    ({"select": {"rule": [{"metric": "score", "mode": "max"}, {"metric": "f1", "mode": "max"}]}},
+     r"select.rule.1.metric: trials never report f1; they report eval_loss, train_seconds, load_seconds, steps, "
+     r"json_valid_rate, schema_pass_rate, field_accuracy, score, grounding, chrf, rouge_l"),
+    ({"select": {"rule": [{"metric": "perplexity"}]}}, r"select.rule.0.metric: trials never report perplexity"),
+    ({"select": {"rule": [{"metric": "score", "mode": "max", "threshold": 50, "within": 1}]}},
+     r"select.rule.0.within: does nothing on a key with a threshold"),
+    ({"eval": {"score_weights": {"json_valid": 0}}}, r"eval.score_weights: .*positive sum"),
+    ({"eval": {"score_weights": {"json_valid": -1, "schema_pass": 2}}}, r"eval.score_weights: .*not be negative"),
+])
+def test_contradictions_are_rejected_at_load_time(domain_copy, overrides, problem):
+    with pytest.raises(ConfigError, match=rf"contracts.yaml: (.*; )?{problem}"):
+        load_domain(domain_copy("contracts"), overrides)
+
+
+def test_every_contradiction_is_named_in_one_message(domain_copy):
+    with pytest.raises(ConfigError) as err:
+        load_domain(domain_copy("story_summary"), {"eval": {"evidence_fields": [], "golden": None}})
+    message = str(err.value)
+    assert message.startswith(f"{domain_copy('story_summary')}: gate.golden_min: ")
+    for field in ("select.rule.2.metric: grounding", "gate.not_below_base: grounding"):
+        assert field in message
+
+
+@pytest.mark.parametrize("overrides", [
+    GPU_TRIALS,  # the finishing task inherits the trials' GPU: 4-bit drift check and fp16 export both fine
+    merge_overrides(GPU_TRIALS, {"export": {"dtype": "fp16"}, "train": {"backend": "unsloth", "load_in_4bit": True}}),
+    merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}}),
+    {"export": {"dtype": "fp16", "onnx": False}},
+    {"eval": {"text_fields": ["clause_type"]}, "gate": {"min": {"chrf": 10}}, "select": {"rule": [
+        {"metric": "rouge_l", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]}},
+])
+def test_consistent_combinations_load(domain_copy, overrides):
+    load_domain(domain_copy("contracts"), overrides)
