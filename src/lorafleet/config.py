@@ -240,7 +240,7 @@ class DomainConfig(_Strict):
         return self.eval.resources or self.sweep.resources_per_trial
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DomainConfig":
+    def _consistent(self) -> DomainConfig:
         problems = _contradictions(self)
         if problems:
             raise ValueError("; ".join(problems))

@@ -4,8 +4,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorafleet.config import (ConfigError, find_domain_files, load_domain, load_overrides_file, merge_overrides,
-                              parse_overrides)
+from lorafleet.config import (
+    ConfigError,
+    find_domain_files,
+    load_domain,
+    load_overrides_file,
+    merge_overrides,
+    parse_overrides,
+)
 from tests.conftest import DOMAINS_DIR
 
 BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary"]
