@@ -10,7 +10,7 @@ It writes, under ``DIR`` (default: the repository root)::
     configs/domains/<name>.yaml            domain config
     configs/domains/<name>/data.jsonl      360 records + 3 exact duplicates
     configs/domains/<name>/schema.json     JSON Schema (draft 2020-12) of the answer
-    configs/tiny_base/corpus.txt           3000 pretraining documents (other seeds)
+    src/lorafleet/tiny_base/corpus.txt     3000 pretraining documents (other seeds), shipped in the package
 
 Stdlib only and fully deterministic: every random choice comes from a seeded
 ``random.Random``; re-running produces byte-identical files.
@@ -981,8 +981,6 @@ sweep:
     epochs: [3]
   search: grid
   num_samples: 1
-  metric: eval_loss
-  mode: min
   resources_per_trial: {{cpu: 1, gpu: 0}}
 {quality_yaml(name)}"""
 
@@ -995,7 +993,7 @@ def write(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="directory under which configs/... is written (default: repository root)")
+                        help="directory under which configs/... and src/... are written (default: repository root)")
     args = parser.parse_args(argv)
     configs = args.out_dir / "configs"
     dataset_inputs: dict[str, set[str]] = {}
@@ -1011,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
     size = len(corpus.encode("utf-8"))
     if size > CORPUS_MAX_BYTES:
         raise SystemExit(f"corpus is {size} bytes, over the {CORPUS_MAX_BYTES} byte budget")
-    write(configs / "tiny_base" / "corpus.txt", corpus)
+    write(args.out_dir / "src" / "lorafleet" / "tiny_base" / "corpus.txt", corpus)
     print(f"tiny_base corpus: {CORPUS_DOCS} documents, {size} bytes")
     return 0
 

@@ -25,8 +25,7 @@ from lorafleet.console import progress
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CORPUS = REPO_ROOT / "configs" / "tiny_base" / "corpus.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "tiny_base" / "corpus.txt"  # package data: in every install
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -75,9 +75,6 @@ class RangeSpec(_Strict):
         return self
 
 
-Choice = list[float] | RangeSpec
-
-
 class SearchSpace(_Strict):
     lora_rank: list[int] | RangeSpec = Field(default_factory=lambda: [8, 16])
     learning_rate: list[float] | RangeSpec = Field(default_factory=lambda: [2e-4])
@@ -103,8 +100,6 @@ class SweepConfig(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
     search: Literal["grid", "random"] = "grid"
     num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
-    metric: str = "eval_loss"
-    mode: Literal["min", "max"] = "min"
     resources_per_trial: Resources = Field(default_factory=Resources)
     seed: int = 0
 
@@ -158,9 +153,23 @@ class EvalConfig(_Strict):
         None, description="Ray resources of the domain's task after the sweep (merge, ONNX export, evaluation); "
         "default: sweep.resources_per_trial.")
 
+    @field_validator("score_weights")
+    @classmethod
+    def _weighted_mean(cls, weights: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("weights may not be negative")
+        if sum(weights.values()) <= 0:
+            raise ValueError("the weights need a positive sum (score is their weighted mean)")
+        return weights
+
 
 EVAL_METRICS = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding", "chrf", "rouge_l",
                 "eval_loss", "perplexity")
+# What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.
+TRIAL_METRICS = ("eval_loss", "train_seconds", "load_seconds", "steps", "json_valid_rate", "schema_pass_rate",
+                 "field_accuracy", "score", "grounding", "chrf", "rouge_l")
+# Metrics measured only when the eval section lists the fields they score.
+METRIC_NEEDS = {"grounding": "evidence_fields", "chrf": "text_fields", "rouge_l": "text_fields"}
 
 
 class GateConfig(_Strict):
@@ -225,6 +234,85 @@ class DomainConfig(_Strict):
     def golden_path(self) -> str | None:
         return self.resolve(self.eval.golden) if self.eval.golden else None
 
+    @property
+    def finish_resources(self) -> Resources:
+        """Ray resources of the task that finishes the domain after the sweep (merge, ONNX export, evaluation)."""
+        return self.eval.resources or self.sweep.resources_per_trial
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DomainConfig:
+        problems = _contradictions(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _contradictions(cfg: DomainConfig) -> list[str]:
+    """Settings that contradict each other across sections, caught at load time rather than after minutes of
+    training; each names its fields as the YAML does."""
+    problems = []
+    train, trial_gpu, finish = cfg.train, cfg.sweep.resources_per_trial.gpu, cfg.finish_resources
+    finish_gpu = (f"eval.resources.gpu: {finish.gpu:g}" if cfg.eval.resources is not None else
+                  f"sweep.resources_per_trial.gpu: {finish.gpu:g}, which eval.resources defaults to")
+    if cfg.gate.golden_min and not cfg.eval.golden:
+        problems.append("gate.golden_min: needs a golden set, but eval.golden is not set; set eval.golden or drop "
+                        "gate.golden_min")
+    if trial_gpu == 0:
+        if train.backend == "unsloth":
+            problems.append("train.backend: unsloth needs CUDA in every trial, but sweep.resources_per_trial.gpu is 0; "
+                            "use train.backend: auto or peft, or give sweep.resources_per_trial a GPU")
+        if train.load_in_4bit is True:
+            problems.append("train.load_in_4bit: true needs CUDA (bitsandbytes) in every trial, but "
+                            "sweep.resources_per_trial.gpu is 0; use auto or false, or give sweep.resources_per_trial "
+                            "a GPU")
+    elif train.load_in_4bit is not False and finish.gpu == 0:  # auto: 4-bit on CUDA
+        problems.append(
+            f"train.load_in_4bit: {'auto' if train.load_in_4bit == 'auto' else 'true'} trains on a 4-bit base on the "
+            f"trials' GPUs (sweep.resources_per_trial.gpu: {trial_gpu:g}), and the winner's merge-drift check reloads "
+            f"that base in 4-bit where the domain is finished, which gets no GPU ({finish_gpu}); give eval.resources "
+            "a GPU fraction or set train.load_in_4bit: false")
+    if cfg.export.onnx and cfg.export.dtype == "fp16" and finish.gpu == 0:
+        problems.append(f"export.dtype: fp16 exports on CUDA only (Optimum), but the task that finishes the domain "
+                        f"gets no GPU ({finish_gpu}); use export.dtype: fp32, set export.onnx: false, or give "
+                        "eval.resources a GPU fraction")
+    gate = cfg.gate
+    named = [*(("gate.min", m) for m in gate.min), *(("gate.not_below_base", m) for m in gate.not_below_base),
+             *(("gate.min_improvement", m) for m in gate.min_improvement),
+             *(("gate.golden_min", m) for m in gate.golden_min),
+             *((f"select.rule.{i}.metric", k.metric) for i, k in enumerate(cfg.select.rule)),
+             *(("eval.score_weights", m) for m in cfg.eval.score_weights)]
+    for where, metric in named:
+        needs = METRIC_NEEDS.get(metric)
+        if needs and not getattr(cfg.eval, needs):
+            problems.append(f"{where}: {metric} is never measured: eval.{needs} is empty; list the fields it "
+                            f"scores there or drop {metric}")
+    for i, key in enumerate(cfg.select.rule):
+        if key.metric not in TRIAL_METRICS:
+            problems.append(f"select.rule.{i}.metric: trials never report {key.metric}; they report "
+                            f"{', '.join(TRIAL_METRICS)}")
+        if key.threshold is not None and key.within:
+            problems.append(f"select.rule.{i}.within: does nothing on a key with a threshold (that key only "
+                            "filters); put it on a key without one")
+    return problems
+
+
+# Fields a config may still carry from an earlier version: rejected with why, not with pydantic's "Extra inputs".
+REMOVED_FIELDS = {
+    ("sweep", "metric"): "it never ranked trials; select.rule chooses the winner",
+    ("sweep", "mode"): "it never ranked trials; select.rule chooses the winner",
+}
+
+
+def _removed_fields(raw: dict[str, Any]) -> list[str]:
+    found = []
+    for key, why in REMOVED_FIELDS.items():
+        node: Any = raw
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            found.append(f"{'.'.join(key)}: removed: {why}")
+    return found
+
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["train.max_steps=20", "sweep.space.learning_rate=[1e-9]"]`` -> nested dict; values parsed as YAML."""
@@ -255,7 +343,7 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile is a mapping of config fields")
-    return _numbers(raw)
+    return raw
 
 
 def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -266,25 +354,11 @@ def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _yaml_value(raw: str, where: str) -> Any:
+    # YAML 1.1 reads ``1e-9`` as a string: a float field (pydantic, lax mode) parses it, a text field keeps it
     try:
-        value = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not a YAML value: {exc}") from exc
-    return _numbers(value)
-
-
-def _numbers(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-9`` as a string; users mean a number."""
-    if isinstance(value, str):
-        try:
-            return float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value) else value
-        except ValueError:
-            return value
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return value
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -313,14 +387,15 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
         raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
-    raw = _numbers(_merge(raw, overrides or {}))
+    raw = _merge(raw, overrides or {})
+    removed = _removed_fields(raw)
+    if removed:
+        raise ConfigError(f"{path}: {'; '.join(removed)}")
     raw["source_file"] = str(path.resolve())
     try:
         cfg = DomainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {'; '.join(_describe(err) for err in exc.errors())}") from exc
     files = [("data.path", cfg.data_path), ("output_schema", cfg.schema_path)]
     if cfg.golden_path:
         files.append(("eval.golden", cfg.golden_path))
@@ -328,6 +403,14 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
         if "://" not in ref and not Path(ref).is_file():
             raise ConfigError(f"{path}: {label}: file not found: {ref}")
     return cfg
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as ``field: problem``; a whole-config check's message already names its fields."""
+    loc = ".".join(str(p) for p in err["loc"])
+    if not loc and err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    return f"{loc or '<root>'}: {err['msg']}"
 
 
 def find_domain_files(config_dir: str | Path, domains: list[str] | None = None) -> list[Path]:

@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str | None:
-    """The source checkout's commit, when lorafleet runs from one (a wheel install has none)."""
-    repo = Path(lorafleet.__file__).resolve().parents[2]
+def git_commit(package_file: str | Path | None = None) -> str | None:
+    """The commit of lorafleet's own source checkout, when lorafleet runs from one: ``<root>/src/lorafleet``,
+    ``<root>/pyproject.toml`` naming the project lorafleet, ``<root>`` the top of a git work tree. None for an
+    installed copy (a wheel), even one that lies inside some other git repository."""
+    package = Path(package_file or lorafleet.__file__).resolve().parent
+    root = package.parents[1]
+    if package != root / "src" / "lorafleet":
+        return None
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if project.get("name") != "lorafleet":
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None
+    return lines[1]
 
 
 def config_snapshot(cfg: DomainConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 DOMAINS_DIR = CONFIGS / "domains"
 SCRIPT = ROOT / "scripts" / "generate_domain_data.py"
+CORPUS = ROOT / "src" / "lorafleet" / "tiny_base" / "corpus.txt"
 
 # name -> (format, group key)
 DOMAINS = {
@@ -103,7 +104,7 @@ def test_duplicates_are_exact_copies() -> None:
 
 
 def test_corpus_does_not_contain_dataset_records() -> None:
-    corpus = (CONFIGS / "tiny_base" / "corpus.txt").read_text(encoding="utf-8")
+    corpus = CORPUS.read_text(encoding="utf-8")
     docs = corpus.strip("\n").split("\n\n")
     assert len(docs) == 3000
     assert len(corpus.encode("utf-8")) < 1_500_000
@@ -118,8 +119,8 @@ def test_corpus_does_not_contain_dataset_records() -> None:
 
 def test_generator_reproduces_bundled_files(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(SCRIPT), "--out-dir", str(tmp_path)], check=True, capture_output=True)
-    generated = sorted(p.relative_to(tmp_path) for p in (tmp_path / "configs").rglob("*") if p.is_file())
-    expected = [Path("configs/tiny_base/corpus.txt")]
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    expected = [CORPUS.relative_to(ROOT)]
     for name in DOMAINS:
         expected += [Path(f"configs/domains/{name}.yaml"), Path(f"configs/domains/{name}/data.jsonl"),
                      Path(f"configs/domains/{name}/schema.json")]

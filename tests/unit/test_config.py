@@ -1,9 +1,17 @@
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lorafleet.config import ConfigError, find_domain_files, load_domain, parse_overrides
+from lorafleet.config import (
+    ConfigError,
+    find_domain_files,
+    load_domain,
+    load_overrides_file,
+    merge_overrides,
+    parse_overrides,
+)
 from tests.conftest import DOMAINS_DIR
 
 BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary"]
@@ -77,11 +85,61 @@ def test_grid_search_rejects_a_range(domain_copy):
 def test_overrides_parse_yaml_values_and_numbers(domain_copy):
     overrides = parse_overrides(["sweep.num_samples=2", "train.max_steps=20", "sweep.space.learning_rate=[1e-9]",
                                  "train.backend=peft"])
-    assert overrides == {"sweep": {"num_samples": 2, "space": {"learning_rate": [1e-9]}},
+    # YAML 1.1 reads 1e-9 as a string; the numeric field makes it a number
+    assert overrides == {"sweep": {"num_samples": 2, "space": {"learning_rate": ["1e-9"]}},
                          "train": {"max_steps": 20, "backend": "peft"}}
     cfg = load_domain(domain_copy("contracts"), overrides)
     assert cfg.sweep.space.learning_rate == [1e-9]
     assert cfg.train.max_steps == 20
+
+
+def test_number_like_strings_stay_strings_where_the_field_is_text(domain_copy, tmp_path):
+    path = domain_copy("contracts")
+    shutil.copy(tmp_path / "contracts" / "data.jsonl", tmp_path / "1e5")
+    shutil.copy(tmp_path / "contracts" / "schema.json", tmp_path / "2E-3")
+    path.write_text(path.read_text().replace("description: Extract", "description: 1e5 # Extract")
+                    .replace("path: contracts/data.jsonl", "path: 1e5")
+                    .replace("output_schema: contracts/schema.json", "output_schema: 2E-3"))
+    cfg = load_domain(path)
+    assert (cfg.description, cfg.data.path, cfg.output_schema) == ("1e5", "1e5", "2E-3")
+    assert cfg.data_path == str(tmp_path / "1e5")
+
+    overrides = parse_overrides(["description=1e5", "data.path=1e5", "data.group_key=3e1", "system_prompt=-4E+2"])
+    assert overrides == {"description": "1e5", "data": {"path": "1e5", "group_key": "3e1"}, "system_prompt": "-4E+2"}
+    cfg = load_domain(domain_copy("contracts"), overrides)
+    assert (cfg.description, cfg.data.path, cfg.data.group_key, cfg.system_prompt) == ("1e5", "1e5", "3e1", "-4E+2")
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("description: 1e5\ndata: {path: 1e5}\n")
+    assert load_overrides_file(profile) == {"description": "1e5", "data": {"path": "1e5"}}
+    assert load_domain(domain_copy("contracts"), load_overrides_file(profile)).description == "1e5"
+
+
+@pytest.mark.parametrize("pair, field, expected", [
+    ("sweep.space.learning_rate=[1e-9, 2E-4]", lambda c: c.sweep.space.learning_rate, [1e-9, 2e-4]),
+    ("sweep.space.learning_rate={min: 1e-5, max: 1e-3, log: true}",
+     lambda c: (c.sweep.space.learning_rate.min, c.sweep.space.learning_rate.max), (1e-5, 1e-3)),
+    ("sweep.space.lora_rank={min: 4e0, max: 1.6e+1, integer: true}",
+     lambda c: (c.sweep.space.lora_rank.min, c.sweep.space.lora_rank.max), (4.0, 16.0)),
+    ("gate.min.score=1e1", lambda c: c.gate.min["score"], 10.0),
+    ("gate.min_improvement.score=2.5e1", lambda c: c.gate.min_improvement["score"], 25.0),
+    ("gate.golden_min.schema_pass_rate=3e-1", lambda c: c.gate.golden_min["schema_pass_rate"], 0.3),
+    ("gate.max_field_regression=5e-2", lambda c: c.gate.max_field_regression, 0.05),
+    ("select.rule=[{metric: score, mode: max, threshold: 5e1}, {metric: eval_loss, within: 1e-3}]",
+     lambda c: (c.select.rule[0].threshold, c.select.rule[1].within), (50.0, 1e-3)),
+    ("sweep.resources_per_trial={cpu: 2e0, gpu: 0}", lambda c: c.sweep.resources_per_trial.cpu, 2.0),
+    ("eval.resources={cpu: 5e-1, gpu: 0}", lambda c: c.eval.resources.cpu, 0.5),
+    ("eval.score_weights={json_valid: 1e-1, field_accuracy: 9e-1}", lambda c: c.eval.score_weights,
+     {"json_valid": 0.1, "field_accuracy": 0.9}),
+    ("eval.number_tolerance=1e-3", lambda c: c.eval.number_tolerance, 1e-3),
+    ("train.lora_dropout=5e-2", lambda c: c.train.lora_dropout, 0.05),
+    ("train.weight_decay=1e-2", lambda c: c.train.weight_decay, 0.01),
+    ("data.splits={train: 8e-1, val: 1e-1, test: 1e-1}", lambda c: c.data.splits,
+     {"train": 0.8, "val": 0.1, "test": 0.1}),
+])
+def test_numeric_fields_read_exponent_strings_as_numbers(domain_copy, pair, field, expected):
+    overrides = merge_overrides({"sweep": {"search": "random"}}, parse_overrides([pair]))
+    assert field(load_domain(domain_copy("contracts"), overrides)) == pytest.approx(expected)
 
 
 def test_override_of_unknown_field_is_an_error(domain_copy):
@@ -107,3 +165,85 @@ def test_shipped_profiles_apply_to_every_domain():
         for f in find_domain_files(DOMAINS_DIR):
             cfg = load_domain(f, overrides)
             assert cfg.base_model == overrides.get("base_model", cfg.base_model)
+
+
+def test_removed_sweep_metric_and_mode_are_named_with_what_replaced_them(domain_copy):
+    import lorafleet.config as config
+
+    assert not {"metric", "mode"} & set(config.SweepConfig.model_fields)
+    assert not hasattr(config, "Choice")
+    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(metric="eval_loss", mode="min"))
+    with pytest.raises(ConfigError) as err:
+        load_domain(path)
+    assert str(err.value) == (
+        f"{path}: sweep.metric: removed: it never ranked trials; select.rule chooses the winner; "
+        "sweep.mode: removed: it never ranked trials; select.rule chooses the winner")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: sweep.mode: removed: .*select.rule chooses the winner$"):
+        load_domain(domain_copy("contracts"), parse_overrides(["sweep.mode=max"]))
+
+
+def test_no_bundled_config_or_profile_sets_removed_fields():
+    for path in [*find_domain_files(DOMAINS_DIR), *(DOMAINS_DIR.parent / "profiles").glob("*.yaml")]:
+        sweep = yaml.safe_load(path.read_text()).get("sweep") or {}
+        assert not {"metric", "mode"} & set(sweep), path
+
+
+GPU_TRIALS = {"sweep": {"resources_per_trial": {"cpu": 1, "gpu": 0.5}}}
+CPU_FINISH = {"eval": {"resources": {"cpu": 1, "gpu": 0}}}
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"eval": {"golden": None}}, r"gate.golden_min: needs a golden set, but eval.golden is not set"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH),
+     r"train.load_in_4bit: auto .* \(sweep.resources_per_trial.gpu: 0.5\).* \(eval.resources.gpu: 0\); give "
+     r"eval.resources a GPU fraction or set train.load_in_4bit: false"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": True}}),
+     r"train.load_in_4bit: true .*eval.resources.gpu: 0"),
+    ({"export": {"dtype": "fp16"}}, r"export.dtype: fp16 exports on CUDA only .*\(sweep.resources_per_trial.gpu: 0, "
+     r"which eval.resources defaults to\)"),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}, "export": {"dtype": "fp16"}}),
+     r"export.dtype: fp16 .*\(eval.resources.gpu: 0\); use export.dtype: fp32"),
+    ({"train": {"backend": "unsloth"}}, r"train.backend: unsloth needs CUDA in every trial, but "
+     r"sweep.resources_per_trial.gpu is 0"),
+    ({"train": {"load_in_4bit": True}}, r"train.load_in_4bit: true needs CUDA .*sweep.resources_per_trial.gpu is 0"),
+    ({"gate": {"min": {"grounding": 0.5}}}, r"gate.min: grounding is never measured: eval.evidence_fields is empty"),
+    ({"gate": {"not_below_base": ["chrf"]}}, r"gate.not_below_base: chrf is never measured: eval.text_fields is empty"),
+    ({"gate": {"min_improvement": {"rouge_l": 1}}}, r"gate.min_improvement: rouge_l .*eval.text_fields is empty"),
+    ({"gate": {"golden_min": {"grounding": 0.1}}}, r"gate.golden_min: grounding .*eval.evidence_fields is empty"),
+    ({"select": {"rule": [{"metric": "chrf", "mode": "max"}]}},
+     r"select.rule.0.metric: chrf is never measured: eval.text_fields is empty"),
+    ({"eval": {"score_weights": {"json_valid": 1, "grounding": 1}}},
+     r"eval.score_weights: grounding is never measured: eval.evidence_fields is empty"),
+    ({"select": {"rule": [{"metric": "score", "mode": "max"}, {"metric": "f1", "mode": "max"}]}},
+     r"select.rule.1.metric: trials never report f1; they report eval_loss, train_seconds, load_seconds, steps, "
+     r"json_valid_rate, schema_pass_rate, field_accuracy, score, grounding, chrf, rouge_l"),
+    ({"select": {"rule": [{"metric": "perplexity"}]}}, r"select.rule.0.metric: trials never report perplexity"),
+    ({"select": {"rule": [{"metric": "score", "mode": "max", "threshold": 50, "within": 1}]}},
+     r"select.rule.0.within: does nothing on a key with a threshold"),
+    ({"eval": {"score_weights": {"json_valid": 0}}}, r"eval.score_weights: .*positive sum"),
+    ({"eval": {"score_weights": {"json_valid": -1, "schema_pass": 2}}}, r"eval.score_weights: .*not be negative"),
+])
+def test_contradictions_are_rejected_at_load_time(domain_copy, overrides, problem):
+    with pytest.raises(ConfigError, match=rf"contracts.yaml: (.*; )?{problem}"):
+        load_domain(domain_copy("contracts"), overrides)
+
+
+def test_every_contradiction_is_named_in_one_message(domain_copy):
+    with pytest.raises(ConfigError) as err:
+        load_domain(domain_copy("story_summary"), {"eval": {"evidence_fields": [], "golden": None}})
+    message = str(err.value)
+    assert message.startswith(f"{domain_copy('story_summary')}: gate.golden_min: ")
+    for field in ("select.rule.2.metric: grounding", "gate.not_below_base: grounding"):
+        assert field in message
+
+
+@pytest.mark.parametrize("overrides", [
+    GPU_TRIALS,  # the finishing task inherits the trials' GPU: 4-bit drift check and fp16 export both fine
+    merge_overrides(GPU_TRIALS, {"export": {"dtype": "fp16"}, "train": {"backend": "unsloth", "load_in_4bit": True}}),
+    merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}}),
+    {"export": {"dtype": "fp16", "onnx": False}},
+    {"eval": {"text_fields": ["clause_type"]}, "gate": {"min": {"chrf": 10}}, "select": {"rule": [
+        {"metric": "rouge_l", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]}},
+])
+def test_consistent_combinations_load(domain_copy, overrides):
+    load_domain(domain_copy("contracts"), overrides)
