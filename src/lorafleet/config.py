@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lorafleet.metrics import REGISTRY, TRIAL_METRICS
+
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -67,7 +69,7 @@ class RangeSpec(_Strict):
     integer: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RangeSpec":
+    def _ordered(self) -> RangeSpec:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
         if self.log and self.min <= 0:
@@ -104,7 +106,7 @@ class SweepConfig(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _grid_needs_lists(self) -> "SweepConfig":
+    def _grid_needs_lists(self) -> SweepConfig:
         if self.search == "grid":
             for name in ("lora_rank", "learning_rate", "epochs"):
                 if isinstance(getattr(self.space, name), RangeSpec):
@@ -163,13 +165,9 @@ class EvalConfig(_Strict):
         return weights
 
 
-EVAL_METRICS = ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "grounding", "chrf", "rouge_l",
-                "eval_loss", "perplexity")
-# What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.
-TRIAL_METRICS = ("eval_loss", "train_seconds", "load_seconds", "steps", "json_valid_rate", "schema_pass_rate",
-                 "field_accuracy", "score", "grounding", "chrf", "rouge_l")
+EVAL_METRICS = tuple(REGISTRY)
 # Metrics measured only when the eval section lists the fields they score.
-METRIC_NEEDS = {"grounding": "evidence_fields", "chrf": "text_fields", "rouge_l": "text_fields"}
+METRIC_NEEDS = {name: m.needs for name, m in REGISTRY.items() if m.needs}
 
 
 class GateConfig(_Strict):
@@ -186,7 +184,7 @@ class GateConfig(_Strict):
         default_factory=dict, description="metric -> lowest value the tuned model may have on the golden set.")
 
     @model_validator(mode="after")
-    def _known_metrics(self) -> "GateConfig":
+    def _known_metrics(self) -> GateConfig:
         named = [*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min]
         unknown = sorted({m for m in named if m not in EVAL_METRICS})
         if unknown:

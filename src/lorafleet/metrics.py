@@ -38,6 +38,9 @@ class MetricInfo:
     higher_is_better: bool
     key: bool = False
     example_value: str | None = None
+    needs: str | None = None  # the eval setting without which it is never measured
+
+
 
 
 # The one registry of metric names, in the order reports show them.
@@ -46,13 +49,16 @@ REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("schema_pass_rate", True, key=True, example_value="schema_pass"),
     MetricInfo("field_accuracy", True, key=True, example_value="field_accuracy"),
     MetricInfo("score", True, key=True, example_value="score"),
-    MetricInfo("grounding", True, example_value="grounding"),
-    MetricInfo("chrf", True, example_value="chrf"),
-    MetricInfo("rouge_l", True, example_value="rouge_l"),
+    MetricInfo("grounding", True, example_value="grounding", needs="evidence_fields"),
+    MetricInfo("chrf", True, example_value="chrf", needs="text_fields"),
+    MetricInfo("rouge_l", True, example_value="rouge_l", needs="text_fields"),
     MetricInfo("eval_loss", False),
     MetricInfo("perplexity", False),
 )}
 KEY_METRICS = tuple(name for name, m in REGISTRY.items() if m.key)
+# What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.
+TRIAL_METRICS = ("eval_loss", "train_seconds", "load_seconds", "steps",
+                 *(name for name, m in REGISTRY.items() if m.example_value))
 
 
 class Metric(BaseModel):

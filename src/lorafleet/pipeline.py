@@ -140,7 +140,7 @@ def finish_all(plans: dict[str, DomainPlan], outcomes: dict[str, list[TrialOutco
             log.error("[%s] every trial failed", name)
             continue
         # on the kind of node the trials used, unless the config says otherwise
-        calls[name] = Call((plan, trials, context), plan.cfg.eval.resources or plan.cfg.sweep.resources_per_trial)
+        calls[name] = Call((plan, trials, context), plan.cfg.finish_resources)
     for name, outcome in run_tasks(finish_domain, calls).items():
         if isinstance(outcome, TaskFailure):
             log.error("[%s] failed after training: %s", name, outcome)
