@@ -114,8 +114,8 @@ class Storage:
             self.fs.pipe_file(self.path(key), data, mode="create")
         except FileExistsError:
             raise
-        except OSError as exc:  # s3fs reports the 412 PreconditionFailed as a plain OSError
-            if "PreconditionFailed" in str(exc) or "412" in str(exc) or "At least one of the pre-conditions" in str(exc):
+        except OSError as exc:
+            if _precondition_failed(exc):
                 raise FileExistsError(self.url(key)) from exc
             raise
 
@@ -134,6 +134,17 @@ class Storage:
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
         return self.path(key), PyFileSystem(FSSpecHandler(self.fs))
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether the server answered 412 Precondition Failed. s3fs turns that into FileExistsError only when the
+    answer names the If-None-Match condition, else into a plain OSError with botocore's error as the cause;
+    the error code decides, never the text (a run id or request id may contain "412")."""
+    response = getattr(exc.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return False
+    return (response.get("Error", {}).get("Code") == "PreconditionFailed"
+            or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
 
 
 def _json_bytes(obj: Any) -> bytes:

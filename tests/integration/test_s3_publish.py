@@ -1,5 +1,6 @@
 """Publishing against a real S3-compatible server (moto on 127.0.0.1) with real s3fs; faults injected
 by wrapping the filesystem object, nothing mocked below s3fs."""
+import errno
 import hashlib
 import json
 import posixpath
@@ -7,8 +8,10 @@ import random
 import threading
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from s3fs.errors import translate_boto_error
 
 from lorafleet import publish
 from lorafleet.pipeline import resume_published
@@ -31,6 +34,25 @@ class FailingFS:
 
     def __getattr__(self, name):
         return getattr(self._fs, name)
+
+
+class RaisingFS:
+    """Passes everything to the real s3fs object, except that writes (``pipe_file``) raise ``error``."""
+
+    def __init__(self, fs, error: OSError):
+        self._fs, self.error = fs, error
+
+    def pipe_file(self, *args, **kwargs):
+        raise self.error
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+
+def _s3fs_error(code: str, status: int, message: str) -> OSError:
+    """The exception s3fs raises for a server answer without a ``Condition`` field (botocore's error as cause)."""
+    return translate_boto_error(ClientError({"Error": {"Code": code, "Message": message},
+                                             "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"))
 
 
 def _domain_dir(tmp_path, run_id, n_files=5):
@@ -103,6 +125,26 @@ def test_exclusive_create_is_enforced_by_the_server(s3_bucket):
     with pytest.raises(FileExistsError):
         storage.create_exclusive("x/once.json", b"2")
     assert storage.read_bytes("x/once.json") == b"1"
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.EIO, "upload of runs/20261122-041230/legal/manifest.json failed: connection reset"),
+    OSError("request 7F412C0D: read timeout"),
+    _s3fs_error("InternalError", 500, "We encountered an internal error (request id 412A9E). Please try again."),
+], ids=["run-id", "request-id", "server-error"])
+def test_412_in_the_text_is_not_exists(s3_bucket, error):
+    storage = Storage(s3_bucket, fs=RaisingFS(Storage(s3_bucket).fs, error))
+    with pytest.raises(OSError) as caught:
+        storage.create_exclusive("x/once.json", b"1")
+    assert caught.value is error
+
+
+def test_412_without_its_condition_still_means_exists(s3_bucket):
+    error = _s3fs_error("PreconditionFailed", 412, "At least one of the pre-conditions you specified did not hold")
+    storage = Storage(s3_bucket, fs=RaisingFS(Storage(s3_bucket).fs, error))
+    with pytest.raises(FileExistsError) as caught:
+        storage.create_exclusive("x/once.json", b"1")
+    assert caught.value.__cause__ is error
 
 
 def test_reader_never_sees_a_missing_or_wrong_object_while_publishes_fail(s3_bucket, tmp_path):
