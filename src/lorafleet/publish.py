@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -312,15 +313,19 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
         raise PublishError(f"{dest} already exists; fetch into a new folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    for obj in wanted:
-        data = storage.read_bytes(f"{prefix}/{obj['key']}")
-        if hashlib.sha256(data).hexdigest() != obj["sha256"]:
-            raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
-        target = staging / obj["key"][len(artifact) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    staging.rename(dest)
-    (dest / "lorafleet_source.json").write_text(json.dumps(
-        {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
-         "manifest_published_at": manifest["published_at"]}, indent=2))
+    try:
+        for obj in wanted:
+            data = storage.read_bytes(f"{prefix}/{obj['key']}")
+            if hashlib.sha256(data).hexdigest() != obj["sha256"]:
+                raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
+            target = staging / obj["key"][len(artifact) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (staging / "lorafleet_source.json").write_text(json.dumps(
+            {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
+             "manifest_published_at": manifest["published_at"]}, indent=2))
+        staging.rename(dest)
+    except BaseException:  # a failed or interrupted fetch leaves no half-filled folder behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest

@@ -212,3 +212,21 @@ def test_verify_reports_tampering_and_missing_objects(s3_bucket, tmp_path):
     storage.fs.rm(storage.path("runs/r1/legal/onnx/part2.bin"))
     problems = publish.verify(f"{s3_bucket}/runs/r1/legal")
     assert any("part1.bin: 8 bytes" in p for p in problems) and any("part2.bin: missing" in p for p in problems)
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+def test_failed_fetch_leaves_nothing_behind(s3_bucket, tmp_path, damage):
+    storage = Storage(s3_bucket)
+    _publish_and_promote(storage, "r1", "legal", _domain_dir(tmp_path, "r1"))
+    consumer = tmp_path / "consumer"
+    fetched = publish.fetch(s3_bucket, "legal", consumer / "ok")
+    assert sorted(p.name for p in fetched.iterdir()) == ["lorafleet_source.json"] + [f"part{i}.bin" for i in range(5)]
+    if damage == "tampered":
+        storage.write_bytes("runs/r1/legal/onnx/part3.bin", b"tampered")
+        expected, match = publish.VerifyError, "part3.bin: sha256 differs from the manifest"
+    else:
+        storage.fs.rm(storage.path("runs/r1/legal/onnx/part3.bin"))
+        expected, match = FileNotFoundError, None
+    with pytest.raises(expected, match=match):
+        publish.fetch(s3_bucket, "legal", consumer / "legal")
+    assert sorted(p.name for p in consumer.iterdir()) == ["ok"]  # no legal/, no .legal-* staging folder
