@@ -8,16 +8,22 @@ Layout under a storage root:
     domains/<domain>/latest.json                 -> the newest published run whose gate passed
 
 Readers follow ``latest.json`` -> ``manifest.json`` -> objects, and never list prefixes, so an upload
-that stopped half way is invisible to them. Credentials come from the environment or instance role
-(boto's own chain); nothing here reads, logs or stores them.
+that stopped half way is invisible to them. ``latest.json`` is replaced only if unchanged since it was read
+(S3 If-Match; locally under a lock, by rename), so concurrent promoters cannot move it back to an older run.
+Credentials come from the environment or instance role (boto's own chain); nothing here reads, logs or
+stores them.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 DOMAIN_SUMMARY = "domain_summary.json"
 RUN_ID_RE = DOMAIN_NAME_RE  # run ids become keys too; same rule
+PROMOTE_ATTEMPTS = 10  # an attempt fails only when another promoter moved the pointer, which each does once
 
 
 class PublishError(RuntimeError):
@@ -114,10 +121,44 @@ class Storage:
             self.fs.pipe_file(self.path(key), data, mode="create")
         except FileExistsError:
             raise
-        except OSError as exc:  # s3fs reports the 412 PreconditionFailed as a plain OSError
-            if "PreconditionFailed" in str(exc) or "412" in str(exc) or "At least one of the pre-conditions" in str(exc):
+        except OSError as exc:
+            if _precondition_failed(exc):
                 raise FileExistsError(self.url(key)) from exc
             raise
+
+    def read_json_versioned(self, key: str) -> tuple[Any, str | None]:
+        """(object, version token), or (None, None) when key does not exist; ``replace_if_unchanged`` checks the
+        token. On object storage it is the ETag, read before the body: a write in between can only make the
+        body newer than its token, and then the conditional replace fails instead of acting on stale bytes.
+        Locally it is the sha256 of the bytes read."""
+        path = self.path(key)
+        try:
+            if self.is_local:
+                data = self.fs.cat_file(path)
+                return json.loads(data), hashlib.sha256(data).hexdigest()
+            etag = self.fs.info(path, refresh=True)["ETag"]  # refresh: s3fs may answer info from its listing cache
+            return json.loads(self.fs.cat_file(path)), etag
+        except FileNotFoundError:
+            return None, None
+
+    def replace_if_unchanged(self, key: str, data: bytes, token: str | None) -> bool:
+        """Write key only if it still has the version ``token`` from ``read_json_versioned`` (None: only if it
+        still does not exist), atomically. False when another writer changed it first."""
+        path = self.path(key)
+        if self.is_local:
+            return _replace_local_if_unchanged(path, data, token)
+        try:
+            if token is None:
+                self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
+            else:
+                self.fs.pipe_file(path, data, IfMatch=token)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if _conditional_write_lost(exc):
+                return False
+            raise
+        return True
 
     def upload_file(self, local: Path, key: str) -> None:
         if self.is_local:
@@ -134,6 +175,55 @@ class Storage:
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
         return self.path(key), PyFileSystem(FSSpecHandler(self.fs))
+
+
+def _server_answer(exc: OSError) -> tuple[str | None, int | None]:
+    """(error code, HTTP status) of the server's answer behind an s3fs error: s3fs keeps botocore's error as
+    the cause. Error codes decide, never the text (a run id or request id may contain "412")."""
+    response = getattr(exc.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return None, None
+    return response.get("Error", {}).get("Code"), response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether the server answered 412 Precondition Failed. s3fs turns that into FileExistsError only when the
+    answer names the If-None-Match condition, else into a plain OSError."""
+    code, status = _server_answer(exc)
+    return code == "PreconditionFailed" or status == 412
+
+
+def _conditional_write_lost(exc: OSError) -> bool:
+    """Whether a conditional write failed because another writer got there first: 412, or S3's 409
+    ConditionalRequestConflict (a concurrent conditional write on the same key; AWS says retry)."""
+    return _precondition_failed(exc) or _server_answer(exc)[0] == "ConditionalRequestConflict"
+
+
+def _replace_local_if_unchanged(path: str, data: bytes, token: str | None) -> bool:
+    """Compare and write under an exclusive lock on a file beside ``path`` (flock: other threads and processes
+    wait for it). The bytes go to a temporary file renamed over ``path``, so a reader sees the old file or the
+    new one, never half of one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.lock", "ab") as lock:  # closing it releases the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except FileNotFoundError:
+            current = None
+        if current != token:
+            return False
+        temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}")
+        try:
+            with open(temp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+    return True
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -178,23 +268,34 @@ def publish_domain(storage: Storage, run_id: str, domain: str, local_dir: str | 
     return manifest
 
 
+def _recency(record: dict[str, Any]) -> tuple[str, str]:
+    """Orders published runs (a manifest, or the pointer to one) totally: by published_at (UTC, to the
+    second), then by run id, so two runs published in the same second are never a tie."""
+    return record.get("published_at", ""), record["run_id"]
+
+
 def promote(storage: Storage, run_id: str, domain: str) -> bool:
-    """Point ``domains/<domain>/latest.json`` at this run's manifest, unless it already points at a run
-    published later. Only call for a domain whose gate passed. Returns whether the pointer moved."""
+    """Point ``domains/<domain>/latest.json`` at this run's manifest, unless it already points at this run or a
+    newer one (``_recency``). Only call for a domain whose gate passed. Returns whether the pointer moved.
+    The pointer is replaced only if nobody moved it since it was read; else it is read and decided again, so
+    of promoters running at once the newest run ends up latest."""
     manifest_key = f"{domain_prefix(run_id, domain)}/{MANIFEST}"
     manifest = storage.read_json(manifest_key)  # the pointer never names a manifest that is not there
     pointer_key = latest_key(domain)
-    if storage.exists(pointer_key):
-        current = storage.read_json(pointer_key)
-        if current["run_id"] == run_id:
+    for _ in range(PROMOTE_ATTEMPTS):
+        current, token = storage.read_json_versioned(pointer_key)
+        if current is not None and _recency(current) >= _recency(manifest):
+            if current["run_id"] != run_id:
+                log.info("[%s] latest.json stays at run %s (a newer run)", domain, current["run_id"])
             return False
-        if current.get("published_at", "") > manifest["published_at"]:
-            log.info("[%s] latest.json stays at run %s (published later)", domain, current["run_id"])
-            return False
-    storage.write_json(pointer_key, {"domain": domain, "run_id": run_id, "manifest": manifest_key,
-                                     "published_at": manifest["published_at"], "promoted_at": _now()})
-    log.info("[%s] latest.json -> run %s", domain, run_id)
-    return True
+        pointer = {"domain": domain, "run_id": run_id, "manifest": manifest_key,
+                   "published_at": manifest["published_at"], "promoted_at": _now()}
+        if storage.replace_if_unchanged(pointer_key, _json_bytes(pointer), token):
+            log.info("[%s] latest.json -> run %s", domain, run_id)
+            return True
+        log.info("[%s] latest.json moved while promoting run %s; deciding again", domain, run_id)
+    raise PublishError(f"run {run_id}, domain {domain}: {storage.url(pointer_key)} kept moving; "
+                       f"gave up after {PROMOTE_ATTEMPTS} attempts")
 
 
 def _sweep_record_key(run_id: str, name: str) -> str:
@@ -320,15 +421,19 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
         raise PublishError(f"{dest} already exists; fetch into a new folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    for obj in wanted:
-        data = storage.read_bytes(f"{prefix}/{obj['key']}")
-        if hashlib.sha256(data).hexdigest() != obj["sha256"]:
-            raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
-        target = staging / obj["key"][len(artifact) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    staging.rename(dest)
-    (dest / "lorafleet_source.json").write_text(json.dumps(
-        {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
-         "manifest_published_at": manifest["published_at"]}, indent=2))
+    try:
+        for obj in wanted:
+            data = storage.read_bytes(f"{prefix}/{obj['key']}")
+            if hashlib.sha256(data).hexdigest() != obj["sha256"]:
+                raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
+            target = staging / obj["key"][len(artifact) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (staging / "lorafleet_source.json").write_text(json.dumps(
+            {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
+             "manifest_published_at": manifest["published_at"]}, indent=2))
+        staging.rename(dest)
+    except BaseException:  # a failed or interrupted fetch leaves no half-filled folder behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from lorafleet import publish
 from lorafleet.publish import PublishError, Storage, domain_prefix, publish_domain
 
 
@@ -30,6 +31,28 @@ def test_a_domain_is_published_once_per_run(tmp_path):
     publish_domain(storage, "run1", "contracts", _artifacts(tmp_path))
     with pytest.raises(PublishError, match="run run1, domain contracts: already published"):
         publish_domain(storage, "run1", "contracts", _artifacts(tmp_path))
+
+
+@pytest.mark.parametrize("order", [["run-a", "run-b"], ["run-b", "run-a"]])
+def test_runs_published_in_the_same_second_are_ordered_by_run_id(tmp_path, monkeypatch, order):
+    storage = Storage(str(tmp_path / "store"))
+    monkeypatch.setattr(publish, "_now", lambda: "2026-11-22T04:12:30+00:00")
+    for run_id in ("run-a", "run-b"):
+        publish_domain(storage, run_id, "contracts", _artifacts(tmp_path))
+    moved = [publish.promote(storage, run_id, "contracts") for run_id in order]
+    assert storage.read_json(publish.latest_key("contracts"))["run_id"] == "run-b"
+    assert moved == ([True, True] if order[0] == "run-a" else [True, False])
+    assert publish.promote(storage, "run-b", "contracts") is False  # already there
+
+
+def test_promote_never_moves_the_pointer_back(tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path / "store"))
+    for run_id, stamp in [("run-b", "2026-11-22T04:12:29+00:00"), ("run-a", "2026-11-22T04:12:31+00:00")]:
+        monkeypatch.setattr(publish, "_now", lambda stamp=stamp: stamp)
+        publish_domain(storage, run_id, "contracts", _artifacts(tmp_path))
+    assert publish.promote(storage, "run-a", "contracts") is True
+    assert publish.promote(storage, "run-b", "contracts") is False  # published earlier, though its run id sorts later
+    assert storage.read_json(publish.latest_key("contracts"))["run_id"] == "run-a"
 
 
 @pytest.mark.parametrize("run_id,domain", [("run1", "../x"), ("run1", "a/b"), ("run1", ""), ("../r", "ok"),
