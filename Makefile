@@ -20,6 +20,7 @@ chromium:
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 test: $(VENV)/.installed chromium
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: setup run test chromium

@@ -16,7 +16,8 @@ DEFAULT_STORAGE = "./artifacts"
 def _add_domain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of domain YAML files")
     p.add_argument("--domains", default="", help="comma-separated domain file names (default: all)")
-    p.add_argument("--profile", default=None, help="YAML file of overrides for every chosen domain (e.g. configs/profiles/gpu.yaml)")
+    p.add_argument("--profile", default=None,
+                   help="YAML file of overrides for every chosen domain (e.g. configs/profiles/gpu.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every chosen domain, e.g. train.max_steps=20 (YAML value)")
 

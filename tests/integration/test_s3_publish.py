@@ -18,8 +18,8 @@ from s3fs.errors import translate_boto_error
 
 from lorafleet import publish
 from lorafleet.pipeline import promote_passed, resume_published
-from lorafleet.results import DomainResult
 from lorafleet.publish import AlreadyPublished, PublishError, Storage
+from lorafleet.results import DomainResult
 
 pytestmark = pytest.mark.integration
 
