@@ -308,8 +308,13 @@ def promote_passed(storage: publish.Storage, run_id: str, results: dict[str, Dom
     """Point each domain whose gate passed at this run (also one kept from an earlier attempt that stopped
     between its manifest and its pointer)."""
     for name, result in results.items():
-        if result.status == "published" and publish.promote(storage, run_id, name):
-            progress.info("[%s] latest -> run %s", name, run_id)
+        if result.status != "published":
+            continue
+        try:
+            if publish.promote(storage, run_id, name):
+                progress.info("[%s] latest -> run %s", name, run_id)
+        except publish.PublishError as exc:  # published and verified; a rerun of the run id moves it
+            log.error("[%s] latest.json not moved: %s", name, exc)
 
 
 def write_run_summary(storage: publish.Storage, run_id: str, results: dict[str, DomainResult],
