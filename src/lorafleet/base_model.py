@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 import random
@@ -22,8 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lorafleet.console import progress
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "tiny_base" / "corpus.txt"  # package data: in every install
 
