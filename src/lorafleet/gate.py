@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from lorafleet.config import GateConfig
-from lorafleet.metrics import SplitEvaluation
+from lorafleet.metrics import REGISTRY, SplitEvaluation
 
 CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden"]
 
@@ -38,37 +38,45 @@ class GateVerdict(BaseModel):
         return [c.name for c in self.checks if not c.passed]
 
 
+def _up(name: str) -> int:
+    """+1 where higher is better, -1 where lower is (eval_loss, perplexity): each check judges in that direction."""
+    return 1 if REGISTRY[name].higher_is_better else -1
+
+
 def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None) -> GateVerdict:
     """Apply every configured check to the test split (and the golden set); the gate passes when all pass.
-    A metric the evaluation could not measure (e.g. grounding of a model that quoted nothing) fails its check,
-    saying so."""
+    Thresholds are met in each metric's better direction (``>=`` for rates and score, ``<=`` for eval_loss and
+    perplexity). A metric the evaluation could not measure (e.g. grounding of a model that quoted nothing)
+    fails its check, saying so."""
     tuned, base, delta = test.tuned, test.base, test.delta
     checks = []
     for name, threshold in gate.min.items():
-        value = tuned.value(name)
-        checks.append(GateCheck(kind="absolute", name=f"{name} >= {threshold:g}", value=value, threshold=threshold,
-                                passed=value is not None and value >= threshold,
+        value, up = tuned.value(name), _up(name)
+        checks.append(GateCheck(kind="absolute", name=f"{name} {'>=' if up > 0 else '<='} {threshold:g}", value=value,
+                                threshold=threshold, passed=value is not None and up * (value - threshold) >= 0,
                                 detail=f"tuned {value:.3f} on the test split" if value is not None else "not measured"))
     for name in gate.not_below_base:
-        t, b = tuned.value(name), base.value(name)
+        t, b, up = tuned.value(name), base.value(name), _up(name)
+        label = f"{name} not {'below' if up > 0 else 'above'} base"
         if t is None:
-            checks.append(GateCheck(kind="not_below_base", name=f"{name} not below base", value=None, threshold=0.0,
+            checks.append(GateCheck(kind="not_below_base", name=label, value=None, threshold=0.0,
                                     passed=False, detail="not measured on the tuned model"))
             continue
         b = 0.0 if b is None else b  # the base model gave nothing to measure (e.g. no quotes at all)
-        checks.append(GateCheck(kind="not_below_base", name=f"{name} not below base", value=t - b, threshold=0.0,
-                                passed=t >= b, detail=f"tuned {t:.3f} vs base {b:.3f}"))
+        checks.append(GateCheck(kind="not_below_base", name=label, value=t - b, threshold=0.0,
+                                passed=up * (t - b) >= 0, detail=f"tuned {t:.3f} vs base {b:.3f}"))
     for name, threshold in gate.min_improvement.items():
-        gain = delta.metrics.get(name)
+        gain, up = delta.metrics.get(name), _up(name)
+        label = f"{name} {'gain' if up > 0 else 'drop'} >= {threshold:g}"
         if gain is None or gain.ci is None:
-            checks.append(GateCheck(kind="min_improvement", name=f"{name} gain >= {threshold:g}", value=None,
+            checks.append(GateCheck(kind="min_improvement", name=label, value=None,
                                     threshold=threshold, passed=False, detail="not measured on both models"))
             continue
-        low, high = gain.ci
-        checks.append(GateCheck(kind="min_improvement", name=f"{name} gain >= {threshold:g}", value=low,
-                                threshold=threshold, passed=low >= threshold,
-                                detail=f"gain {gain.value:+.3f}, 95% interval [{low:+.3f}, {high:+.3f}]; "
-                                "its lower end counts"))
+        low, high = sorted(up * bound for bound in gain.ci)  # the improvement's interval, better direction up
+        checks.append(GateCheck(kind="min_improvement", name=label, value=low, threshold=threshold,
+                                passed=low >= threshold,
+                                detail=f"{'gain' if up > 0 else 'drop'} {up * gain.value:+.3f}, 95% interval "
+                                f"[{low:+.3f}, {high:+.3f}]; its lower end counts"))
     if gate.max_field_regression is not None:
         fields = delta.fields
         worst = min(fields, key=lambda f: fields[f].value) if fields else None

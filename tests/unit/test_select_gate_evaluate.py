@@ -137,3 +137,14 @@ def test_score_rows_keep_what_was_asked_expected_and_answered():
         (1, 1, 1.0), (0, 0, 0.0), (1, 0, 0.5)]
     assert answers[0].input == "Acme Corp pays 10" and answers[1].got == "not json"
     assert answers[0].score.score == 100.0 and answers[2].score.score == pytest.approx(20 + 25)
+
+
+def test_lower_is_better_metrics_are_judged_downwards():
+    gate = GateConfig(min={"eval_loss": 1.0}, not_below_base=["perplexity"], min_improvement={"eval_loss": 0.2})
+    tuned, base = _summary(eval_loss=0.8, perplexity=2.2), _summary(eval_loss=1.5, perplexity=4.5)
+    verdict = decide(gate, _test(tuned, base, _delta(eval_loss=(-0.7, (-0.9, -0.5)))))
+    assert verdict.passed, verdict
+    assert [c.name for c in verdict.checks] == ["eval_loss <= 1", "perplexity not above base", "eval_loss drop >= 0.2"]
+    assert verdict.checks[2].value == pytest.approx(0.5)  # the drop's interval [0.5, 0.9]: its lower end counts
+    worse = decide(gate, _test(base, tuned, _delta(eval_loss=(0.7, (0.5, 0.9)))))
+    assert worse.failed == ["eval_loss <= 1", "perplexity not above base", "eval_loss drop >= 0.2"]
