@@ -43,9 +43,9 @@ def workload(n_domains: int, work_dir: Path, profile_path: Path):
         path = files[i % len(files)]
         name = path.stem if i < len(files) else f"{path.stem}_{i // len(files) + 1}"
         configs[name] = load_domain(path, merge_overrides(profile, {"name": name}))
-    plans, errors = prepare_all(configs, work_dir)
-    if errors:
-        raise SystemExit(f"data preparation failed: {errors}")
+    plans, failed = prepare_all(configs, work_dir)
+    if failed:
+        raise SystemExit(f"data preparation failed: {[r.error for r in failed.values()]}")
     return plans
 
 
@@ -101,6 +101,7 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
     import ray
 
     from lorafleet.base_model import resolve_base_model
+    from lorafleet.publish import Storage
     from lorafleet.sweep import run_sweep
 
     n_gpus = len(gpus.split(","))
@@ -112,7 +113,7 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
     samples = scratch / "nvidia-smi.csv"
     sampler = sample_gpus(gpus, samples)
     started = time.time()
-    outcomes = run_sweep(plans, storage_path=str(scratch / "tune"), name="sweep", verbose=0, callbacks=[clock])
+    outcomes = run_sweep(plans, Storage(str(scratch / "store")), "bench", callbacks=[clock])
     ended = time.time()
     if sampler:
         sampler.terminate()

@@ -11,6 +11,7 @@ import pytest
 from lorafleet import evaluate, export, merge
 from lorafleet.config import load_domain
 from lorafleet.data import prepare
+from lorafleet.publish import Storage
 from lorafleet.sweep import DomainPlan, run_sweep
 from tests.conftest import DOMAINS_DIR
 
@@ -69,7 +70,7 @@ def six_trials(ray_gpu, tmp_path_factory):
         "eval": {"max_examples": 2, "max_new_tokens": 8},  # the validation answers each trial gives: kept short
         "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
-    outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "gpu",
+    outcomes = run_sweep({"contracts": plan}, Storage(str(tmp_path_factory.mktemp("store"))), "gpu",
                          callbacks=[TrialEvents()])["contracts"]
     time.sleep(30)
     stop.set()
@@ -91,7 +92,7 @@ def unsloth_trial(ray_gpu, tmp_path_factory):
         "eval": {"max_examples": 4, "max_new_tokens": 16},  # validation answers through Unsloth's inference path
         "sweep": {"space": {"lora_rank": [16]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
-    outcomes = run_sweep({"contracts": plan}, str(tmp_path_factory.mktemp("tune")), "unsloth")["contracts"]
+    outcomes = run_sweep({"contracts": plan}, Storage(str(tmp_path_factory.mktemp("store"))), "unsloth")["contracts"]
     return plan, outcomes[0]
 
 
@@ -99,7 +100,7 @@ def test_six_trials_each_give_their_gpu_memory_back(six_trials):
     outcomes, baseline, after_each = six_trials
     print(f"baseline {baseline} MiB, after each trial: {after_each}")
     assert len(outcomes) == 6 and all(o.error is None for o in outcomes)
-    assert {o.metrics["backend"] for o in outcomes} == {"peft"} and all(o.metrics["load_in_4bit"] for o in outcomes)
+    assert {o.backend for o in outcomes} == {"peft"} and all(o.load_in_4bit for o in outcomes)
     assert len(after_each) == 6
     assert all(used <= baseline + 200 for used in after_each), (baseline, after_each)
 
@@ -107,7 +108,7 @@ def test_six_trials_each_give_their_gpu_memory_back(six_trials):
 def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
     _, outcome = unsloth_trial
     assert outcome.error is None, outcome.error
-    assert outcome.metrics["backend"] == "unsloth" and outcome.metrics["load_in_4bit"]
+    assert outcome.backend == "unsloth" and outcome.load_in_4bit
     assert "schema_pass_rate" in outcome.metrics  # the validation answers came through for_inference
 
 
@@ -124,7 +125,7 @@ def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path)
     adapted, _ = evaluate.load_torch_model(merge.resolve_base_model(BASE), adapter=str(adapter), load_in_4bit=True)
     drift = export.check_parity(adapted, merged, tokenizer, plan.data.test[:4], new_tokens=16)
     print(f"QLoRA merge drift (adapter on NF4 base vs merged 16-bit): {drift}")
-    assert drift["prompts"] == 4 and 0.0 < drift["max_abs_logit_diff"] < 50.0
+    assert drift.prompts == 4 and 0.0 < drift.max_abs_logit_diff < 50.0
 
 
 def test_fp16_onnx_export_on_cuda_matches_fp16_pytorch(unsloth_trial, tmp_path):
@@ -148,4 +149,4 @@ def test_fp16_onnx_export_on_cuda_matches_fp16_pytorch(unsloth_trial, tmp_path):
     # fp16 weights: the ONNX files are about the merged fp16 size (plus the tied embedding stored twice),
     # not fp32's double
     assert onnx_bytes < 1.5 * merged_bytes
-    assert parity["max_abs_logit_diff"] < 0.1 and parity["greedy_match_rate"] >= 0.5, parity
+    assert parity.max_abs_logit_diff < 0.1 and parity.greedy_match_rate >= 0.5, parity

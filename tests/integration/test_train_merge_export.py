@@ -32,8 +32,8 @@ def test_trial_merge_export_parity(small_base, tmp_path, monkeypatch):
     assert task_model.session.get_session_options().intra_op_num_threads == 1
     torch_model, tokenizer = evaluate.load_torch_model(str(merged))
     parity = export.check_parity(torch_model, onnx_model, tokenizer, data.test[:3], new_tokens=12)
-    assert parity["greedy_match_rate"] >= 0.99
-    assert parity["max_abs_logit_diff"] < 1e-3
+    assert parity.greedy_match_rate >= 0.99
+    assert parity.max_abs_logit_diff < 1e-3
     schema = json.loads(open(cfg.schema_path).read())
     summary, rows = evaluate.evaluate_model(onnx_model, tokenizer, data.test[:4], schema,
                                             cfg.eval.model_copy(update={"max_new_tokens": 16, "batch_size": 4}))
