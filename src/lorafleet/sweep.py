@@ -254,7 +254,9 @@ def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name,
+            # warm workers: a trial's process runs the next trial of the same resources, so torch, TRL (and on
+            # CUDA Unsloth) are imported once per worker, not once per trial; an errored trial's worker is replaced
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=experiment.name, storage_path=tune_path, storage_filesystem=tune_fs,
                                       verbose=1 if verbose else 0, callbacks=callbacks,

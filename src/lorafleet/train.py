@@ -116,11 +116,14 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     out_dir = Path(out_dir)
     load_started = time.perf_counter()
+    # the adapter's initialisation draws from the global RNGs before the Trainer seeds them: seeding here makes a
+    # trial's adapter the same whether it is the first or the fifth trial its worker process runs
+    set_seed(train_cfg.seed)
     backend = choose_backend(train_cfg.backend)
     base_path = resolve_base_model(base_model)
     if backend == "unsloth":
