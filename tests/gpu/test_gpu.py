@@ -39,9 +39,9 @@ def ray_gpu():
 
 @pytest.fixture(scope="module")
 def six_trials(ray_gpu, tmp_path_factory):
-    """Six trials in a row on one GPU. A sampler thread reads nvidia-smi every 0.25 s; for each trial, the
-    lowest reading between its end and the next trial's start (or 30 s after the last) must be back near
-    the baseline: the trial's worker process exited and gave its memory back."""
+    """Six trials in a row on one GPU, run by one warm worker process. A sampler thread reads nvidia-smi every
+    0.25 s; for each trial, the lowest reading between its end and the next trial's start (or 30 s after the
+    last): what the worker holds between trials (its CUDA context), which must not grow trial after trial."""
     import threading
 
     from ray.tune import Callback
@@ -96,13 +96,13 @@ def unsloth_trial(ray_gpu, tmp_path_factory):
     return plan, outcomes[0]
 
 
-def test_six_trials_each_give_their_gpu_memory_back(six_trials):
+def test_six_trials_on_a_warm_worker_hold_no_more_memory_than_after_the_first(six_trials):
     outcomes, baseline, after_each = six_trials
     print(f"baseline {baseline} MiB, after each trial: {after_each}")
     assert len(outcomes) == 6 and all(o.error is None for o in outcomes)
     assert {o.backend for o in outcomes} == {"peft"} and all(o.load_in_4bit for o in outcomes)
-    assert len(after_each) == 6
-    assert all(used <= baseline + 200 for used in after_each), (baseline, after_each)
+    assert len(after_each) == 6 and None not in after_each
+    assert all(used <= after_each[0] + 200 for used in after_each), (baseline, after_each)
 
 
 def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
