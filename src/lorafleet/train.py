@@ -10,6 +10,7 @@ inside the trial's own worker process, and never by merge/export/evaluate.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
@@ -184,7 +185,10 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
         {"hparams": asdict(hp), "backend": backend, "load_in_4bit": _use_4bit(train_cfg), "base_model": base_model,
          "metrics": metrics}, indent=2))
+    # the worker goes on to its next trial: the trainer holds reference cycles (callbacks, accelerator), so only a
+    # collection frees the model and optimizer before the cache is given back
     del trainer, model
+    gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
     return TrialResult(hparams=hp, backend=backend, load_in_4bit=_use_4bit(train_cfg), adapter_dir=str(adapter_dir),

@@ -39,49 +39,30 @@ def ray_gpu():
 
 @pytest.fixture(scope="module")
 def six_trials(ray_gpu, tmp_path_factory):
-    """Six trials in a row on one GPU, run by one warm worker process. A sampler thread reads nvidia-smi every
-    0.25 s; for each trial, the lowest reading between its end and the next trial's start (or 30 s after the
-    last): what the worker holds between trials (its CUDA context), which must not grow trial after trial."""
-    import threading
-
+    """Six trials in a row on one GPU, run by one warm worker process. The driver reads nvidia-smi as each
+    trial completes: what the worker holds between trials (its CUDA context and allocator), which must not
+    grow trial after trial."""
     from ray.tune import Callback
 
-    baseline = gpu_used_mib()
-    samples, events, stop = [], [], threading.Event()
+    baseline, after_each, spans, started = gpu_used_mib(), [], [], {}
 
-    def sample():
-        while not stop.is_set():
-            samples.append((time.time(), gpu_used_mib()))
-            time.sleep(0.25)
-
-    class TrialEvents(Callback):
+    class MemoryAfterEachTrial(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            events.append(("start", time.time()))
+            started[trial.trial_id] = time.time()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            events.append(("complete", time.time()))
+            after_each.append(gpu_used_mib())
+            spans.append(round(time.time() - started[trial.trial_id], 1))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    # QLoRA through transformers+peft+bitsandbytes: the same worker-per-trial path as Unsloth, without its
-    # half-minute import per process
+    # QLoRA through transformers+peft+bitsandbytes, six ranks on one GPU: one warm worker runs them in turn
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
         "base_model": BASE, "train": {"max_steps": 3, "eval_steps": 3, "max_seq_length": 256, "backend": "peft"},
         "eval": {"max_examples": 2, "max_new_tokens": 8},  # the validation answers each trial gives: kept short
         "sweep": {"space": {"lora_rank": [4, 8, 16, 32, 64, 128]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
     outcomes = run_sweep({"contracts": plan}, Storage(str(tmp_path_factory.mktemp("store"))), "gpu",
-                         callbacks=[TrialEvents()])["contracts"]
-    time.sleep(30)
-    stop.set()
-    sampler.join()
-    starts = [t for kind, t in events if kind == "start"]
-    after_each = []
-    for kind, ended in events:
-        if kind == "complete":
-            until = min([t for t in starts if t > ended], default=ended + 30)
-            window = [used for t, used in samples if ended <= t <= until]
-            after_each.append(min(window) if window else None)
+                         callbacks=[MemoryAfterEachTrial()])["contracts"]
+    print(f"trial spans {spans} s; load_seconds {[round(o.metrics['load_seconds'], 1) for o in outcomes]}")
     return outcomes, baseline, after_each
 
 
@@ -101,7 +82,7 @@ def test_six_trials_on_a_warm_worker_hold_no_more_memory_than_after_the_first(si
     print(f"baseline {baseline} MiB, after each trial: {after_each}")
     assert len(outcomes) == 6 and all(o.error is None for o in outcomes)
     assert {o.backend for o in outcomes} == {"peft"} and all(o.load_in_4bit for o in outcomes)
-    assert len(after_each) == 6 and None not in after_each
+    assert len(after_each) == 6
     assert all(used <= after_each[0] + 200 for used in after_each), (baseline, after_each)
 
 
