@@ -121,7 +121,8 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
 
     trials = [o for per_domain in outcomes.values() for o in per_domain]
     ok = [o for o in trials if o.metrics]
-    spans = [clock.ended[t] - clock.started[t] for t in clock.ended if t in clock.started]
+    order = sorted((t for t in clock.ended if t in clock.started), key=clock.started.get)
+    spans = [clock.ended[t] - clock.started[t] for t in order]
     load = sum(o.metrics.get("load_seconds", 0) for o in ok)
     train = sum(o.metrics.get("train_seconds", 0) for o in ok)
     result = {
@@ -129,6 +130,7 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
         "trials_ok": len(ok), "sweep_seconds": ended - started, "trial_seconds": sum(spans),
         "mean_trial_seconds": sum(spans) / len(spans) if spans else None,
         "phase_seconds": {"load": load, "train": train, "worker_start_and_rest": sum(spans) - load - train},
+        "trial_spans": [round(s, 1) for s in spans],  # in start order: a warm worker's later trials skip start-up
         "gpu": gpu_fractions(samples, started, ended) if sampler else {},
         "device": subprocess.run(["nvidia-smi", "-i", gpus.split(",")[0], "--query-gpu=name", "--format=csv,noheader"],
                                  capture_output=True, text=True).stdout.strip() if sampler else "no nvidia-smi",
