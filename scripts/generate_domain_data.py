@@ -838,6 +838,8 @@ DOMAINS = {
     "legal": {
         # lists with uniqueItems: the tiny model needs twice the steps to stop repeating statutes
         "max_steps": 240,
+        # and even then passes the schema on 0.59-0.81 of the test split from run to run (2026-11-22/24)
+        "gate": {"schema_pass_rate": 0.5},
         "format": "conversations", "group_key": "case_id", "id_prefix": "L", "group_size": (1, 2),
         "make_group": legal_group, "schema": LEGAL_SCHEMA,
         "description": "Extract the court, outcome and cited statutes from a case summary as JSON.",

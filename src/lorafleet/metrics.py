@@ -275,19 +275,21 @@ def _resampled_means(col: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return np.where(ok, vals, 0.0).sum(axis=1) / ok.sum(axis=1)
 
 
-def _interval(means: np.ndarray, level: float) -> list[float]:
-    lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2])
+LEVEL = 0.95  # every interval is a 95 % one
+
+
+def _interval(means: np.ndarray) -> list[float]:
+    lo, hi = np.nanquantile(means, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return [float(lo), float(hi)]
 
 
-def bootstrap_ci(values: Sequence[float | None], samples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float | None], samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over examples; None values are missing (skipped in each
     resample). Deterministic for a given seed. Raises ValueError when there is no value."""
     col = _column(values)
     if np.isnan(col).all():
         raise ValueError("bootstrap_ci needs at least one value")
-    return tuple(_interval(_resampled_means(col, _indices(len(col), samples, seed)), level))
+    return tuple(_interval(_resampled_means(col, _indices(len(col), samples, seed))))
 
 
 def _columns(scores: Sequence[ExampleScore], fields: list[str]) -> tuple[dict, dict]:
@@ -301,7 +303,7 @@ def _field_names(*score_lists: Sequence[ExampleScore]) -> list[str]:
     return sorted({f for scores in score_lists for s in scores for f in s.fields})
 
 
-def aggregate(scores: Sequence[ExampleScore], samples: int = 1000, seed: int = 0, level: float = 0.95) -> Evaluation:
+def aggregate(scores: Sequence[ExampleScore], samples: int = 1000, seed: int = 0) -> Evaluation:
     """Every metric's mean over examples with its percentile-bootstrap interval, and per-field accuracy.
     Optional metrics (grounding, chrf, rouge_l) appear when an example has a value and average over those;
     an example lacking a field counts 0 for it."""
@@ -311,14 +313,14 @@ def aggregate(scores: Sequence[ExampleScore], samples: int = 1000, seed: int = 0
     metrics, fields = _columns(scores, _field_names(scores))
 
     def summary(col: np.ndarray) -> Metric:
-        return Metric(value=float(np.nanmean(col)), ci=_interval(_resampled_means(col, idx), level))
+        return Metric(value=float(np.nanmean(col)), ci=_interval(_resampled_means(col, idx)))
 
     return Evaluation(n=len(scores), metrics={k: summary(c) for k, c in metrics.items()},
                       fields={f: summary(c) for f, c in fields.items()})
 
 
-def paired_delta(base: Sequence[ExampleScore], tuned: Sequence[ExampleScore], samples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> Delta:
+def paired_delta(base: Sequence[ExampleScore], tuned: Sequence[ExampleScore], samples: int = 1000,
+                 seed: int = 0) -> Delta:
     """tuned - base for every metric both sides have, and every field, with a paired bootstrap interval
     (example indices resampled jointly). Both must score the same examples in the same order."""
     if len(base) != len(tuned):
@@ -331,7 +333,7 @@ def paired_delta(base: Sequence[ExampleScore], tuned: Sequence[ExampleScore], sa
 
     def delta(b: np.ndarray, t: np.ndarray) -> Metric:
         diffs = _resampled_means(t, idx) - _resampled_means(b, idx)
-        return Metric(value=float(np.nanmean(t) - np.nanmean(b)), ci=_interval(diffs, level))
+        return Metric(value=float(np.nanmean(t) - np.nanmean(b)), ci=_interval(diffs))
 
     return Delta(metrics={k: delta(bm[k], tm[k]) for k in bm if k in tm},
                  fields={f: delta(bf[f], tf[f]) for f in names})

@@ -31,6 +31,7 @@ from lorafleet.select import Selection
 METRIC_ORDER = tuple(REGISTRY)
 VERDICTS = {"published": "PUBLISHED", "gated": "GATED", "failed": "FAILED"}
 INPUT_PREVIEW = 400
+EXAMPLES_PER_FIELD = 3
 WINNER_COLOUR, TRIAL_COLOURS = "#d4a72c", ("#0969da", "#8250df", "#1f883d", "#57606a", "#bf3989", "#0a3069")
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:16px;color:#1b1f24}
 table{border-collapse:collapse;margin:8px 0 16px}th{background:#f6f8fa}
@@ -96,9 +97,9 @@ class DomainReport(BaseModel):
         return self.selection.winner if self.selection else None
 
 
-def failing_examples(answers: list[ScoredAnswer], per_field: int = 3) -> list[FailingExamples]:
+def failing_examples(answers: list[ScoredAnswer]) -> list[FailingExamples]:
     """For the tuned model's worst fields, a few test examples it got wrong."""
-    return [FailingExamples(field=f, examples=[a for a in answers if a.score.fields.get(f, 0.0) < 1.0][:per_field])
+    return [FailingExamples(field=f, examples=[a for a in answers if a.score.fields.get(f, 0.0) < 1.0][:EXAMPLES_PER_FIELD])
             for f in worst_fields([a.score for a in answers])]
 
 
