@@ -110,30 +110,22 @@ def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
     return model, tokenizer, lora
 
 
-def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
-                val: list[Example], out_dir: str | Path, callbacks: list | None = None,
-                after_training: Callable[[Any, Any], dict[str, float]] | None = None) -> TrialResult:
-    """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
-    ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
-    import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+def _save_adapter(model, tokenizer, adapter_dir: Path, record: dict[str, Any]) -> Path:
+    """The adapter and tokenizer, with what produced them beside (lorafleet_trial.json)."""
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(record, indent=2))
+    return adapter_dir
 
-    out_dir = Path(out_dir)
-    load_started = time.perf_counter()
-    # the adapter's initialisation draws from the global RNGs before the Trainer seeds them: seeding here makes a
-    # trial's adapter the same whether it is the first or the fifth trial its worker process runs
-    set_seed(train_cfg.seed)
-    backend = choose_backend(train_cfg.backend)
-    base_path = resolve_base_model(base_model)
-    if backend == "unsloth":
-        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, train_cfg.seed)
-    else:
-        model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
+
+def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, output_dir: Path):
+    """The stock TRL arguments of one trial: evaluation every ``eval_steps`` (what Tune hears), no saving
+    (the adapter is saved once, at the end), no console progress."""
+    from trl import SFTConfig
+
     on_cuda = cuda_available()
-    args = SFTConfig(
-        output_dir=str(out_dir / "trainer"),
+    return SFTConfig(
+        output_dir=str(output_dir),
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum,
@@ -157,8 +149,33 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         dataset_num_proc=None,
         disable_tqdm=True,
     )
+
+
+def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
+                val: list[Example], out_dir: str | Path, callbacks: list | None = None,
+                after_training: Callable[[Any, Any], dict[str, float]] | None = None) -> TrialResult:
+    """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
+    ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, set_seed
+    from trl import SFTTrainer
+
+    out_dir = Path(out_dir)
+    load_started = time.perf_counter()
+    # the adapter's initialisation draws from the global RNGs before the Trainer seeds them: seeding here makes a
+    # trial's adapter the same whether it is the first or the fifth trial its worker process runs
+    set_seed(train_cfg.seed)
+    backend = choose_backend(train_cfg.backend)
+    base_path = resolve_base_model(base_model)
+    if backend == "unsloth":
+        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, train_cfg.seed)
+    else:
+        model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
+    on_cuda = cuda_available()
     trainer = SFTTrainer(
-        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        model=model, args=_sft_config(train_cfg, hp, backend, out_dir / "trainer"), processing_class=tokenizer,
+        peft_config=peft_config,
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
         callbacks=callbacks or [])
@@ -176,15 +193,12 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
             FastLanguageModel.for_inference(trainer.model)  # Unsloth's generation path
         trainer.model.eval()
         extra = after_training(trainer.model, tokenizer)
-    adapter_dir = out_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
     metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds, "load_seconds": load_seconds,
                "steps": trainer.state.global_step, **extra}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
-    (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(
-        {"hparams": asdict(hp), "backend": backend, "load_in_4bit": _use_4bit(train_cfg), "base_model": base_model,
-         "metrics": metrics}, indent=2))
+    adapter_dir = _save_adapter(trainer.model, tokenizer, out_dir / "adapter", {
+        "hparams": asdict(hp), "backend": backend, "load_in_4bit": _use_4bit(train_cfg), "base_model": base_model,
+        "metrics": metrics})
     # the worker goes on to its next trial: the trainer holds reference cycles (callbacks, accelerator), so only a
     # collection frees the model and optimizer before the cache is given back
     del trainer, model

@@ -37,7 +37,7 @@ def test_trial_merge_export_parity(small_base, tmp_path, monkeypatch):
     schema = json.loads(open(cfg.schema_path).read())
     summary, rows = evaluate.evaluate_model(onnx_model, tokenizer, data.test[:4], schema,
                                             cfg.eval.model_copy(update={"max_new_tokens": 16, "batch_size": 4}))
-    assert summary["n"] == 4 and len(rows) == 4
+    assert summary.n == 4 and len(rows) == 4
     # the ONNX model's loss on the reference answers matches the PyTorch model's
     torch_loss = evaluate.completion_loss(torch_model, tokenizer, data.test[:4])["eval_loss"]
-    assert abs(summary["metrics"]["eval_loss"]["value"] - torch_loss) < 1e-3 and 0 < torch_loss < 20
+    assert abs(summary.value("eval_loss") - torch_loss) < 1e-3 and 0 < torch_loss < 20
