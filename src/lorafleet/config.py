@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lorafleet.metrics import REGISTRY, TRIAL_METRICS
+from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
 
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -158,10 +158,7 @@ class EvalConfig(_Strict):
     @field_validator("score_weights")
     @classmethod
     def _weighted_mean(cls, weights: dict[str, float]) -> dict[str, float]:
-        if any(w < 0 for w in weights.values()):
-            raise ValueError("weights may not be negative")
-        if sum(weights.values()) <= 0:
-            raise ValueError("the weights need a positive sum (score is their weighted mean)")
+        MetricSpec(score_weights=tuple(weights.items()))  # its checks, at load time rather than after training
         return weights
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-ROW_VALUES = ("json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l")
 _MISSING = object()
 
 
@@ -41,8 +40,6 @@ class MetricInfo:
     needs: str | None = None  # the eval setting without which it is never measured
 
 
-
-
 # The one registry of metric names, in the order reports show them.
 REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("json_valid_rate", True, key=True, example_value="json_valid"),
@@ -56,6 +53,8 @@ REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("perplexity", False),
 )}
 KEY_METRICS = tuple(name for name, m in REGISTRY.items() if m.key)
+# The per-example values a score can weight (score itself aside).
+ROW_VALUES = tuple(m.example_value for m in REGISTRY.values() if m.example_value not in (None, "score"))
 # What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.
 TRIAL_METRICS = ("eval_loss", "train_seconds", "load_seconds", "steps",
                  *(name for name, m in REGISTRY.items() if m.example_value))
@@ -130,9 +129,12 @@ class MetricSpec:
         object.__setattr__(self, "text_fields", tuple(self.text_fields))
         object.__setattr__(self, "score_weights", tuple((str(n), float(w)) for n, w in self.score_weights))
         unknown = [n for n, _ in self.score_weights if n not in ROW_VALUES]
-        if unknown or any(w < 0 for _, w in self.score_weights) or sum(w for _, w in self.score_weights) <= 0:
-            raise ValueError(f"score_weights need names from {ROW_VALUES} and non-negative weights with a "
-                             f"positive sum: {self.score_weights}")
+        if unknown:
+            raise ValueError(f"score_weights: unknown {', '.join(unknown)}; known: {', '.join(ROW_VALUES)}")
+        if any(w < 0 for _, w in self.score_weights):
+            raise ValueError("score_weights may not be negative")
+        if sum(w for _, w in self.score_weights) <= 0:
+            raise ValueError("score_weights need a positive sum (score is their weighted mean)")
         if self.number_tolerance < 0:
             raise ValueError("number_tolerance must be >= 0")
 
