@@ -191,7 +191,7 @@ class ModelScores:
 
 def choose_winner(cfg: DomainConfig, trials: list[TrialOutcome]) -> select.Selection:
     selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
-    progress.info("[%s] winner %s: %s", cfg.name, trials[selection.winner].label,
+    progress.info("[%s] winner %s: %s", cfg.name, trials[selection.winner].hparams.label,
                   "; ".join(selection.notes) or "the only finished trial")
     return selection
 

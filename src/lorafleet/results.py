@@ -33,11 +33,6 @@ class TrialOutcome(BaseModel):
     def finished(self) -> bool:
         return self.error is None and bool(self.metrics) and self.checkpoint is not None
 
-    @property
-    def label(self) -> str:
-        hp = self.hparams
-        return f"r{hp.lora_rank} lr{hp.learning_rate:g} e{hp.epochs}"
-
 
 class Artifacts(BaseModel):
     model_config = ConfigDict(frozen=True)

@@ -14,6 +14,7 @@ a fresh experiment, and the log says so.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -57,7 +58,7 @@ class DomainPlan:
     cfg: DomainConfig
     data: PreparedData
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What a trial's result depends on: a change here means earlier trials no longer apply."""
         c = self.cfg
@@ -133,7 +134,7 @@ def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[s
 
 
 def _trial_label(spec: dict[str, Any]) -> str:
-    return f"{spec['domain']}-r{spec['lora_rank']}-lr{spec['learning_rate']:g}-e{spec['epochs']}"
+    return f"{spec['domain']}-{HParams.from_dict(spec).label.replace(' ', '-')}"
 
 
 def _trial_name(trial) -> str:
@@ -151,7 +152,7 @@ def trial_progress(fingerprints: dict[str, str], total: int):
 
     def describe(trial) -> str:
         spec = trial.config["trial"]
-        return f"[{spec['domain']}] trial r{spec['lora_rank']} lr{spec['learning_rate']:g} e{spec['epochs']}"
+        return f"[{spec['domain']}] trial {HParams.from_dict(spec).label}"
 
     class TrialProgress(Callback):
         def __init__(self):
@@ -204,7 +205,7 @@ def _experiments(plans: dict[str, DomainPlan], storage: publish.Storage, run_id:
         else:
             todo.update(mine)
     for name, fingerprints in recorded.items():
-        for d in sorted(set(fingerprints) & set(todo)):
+        for d in sorted(d for d, fp in fingerprints.items() if d in todo and todo[d].fingerprint != fp):
             log.warning("[%s] config or data changed since an earlier attempt of run %s (%s); its trials start over",
                         d, run_id, name)
     if todo:
@@ -289,6 +290,6 @@ def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
     """The trial's own numbers from its last Tune result, without Tune's bookkeeping."""
     bookkeeping = ("time_", "timestamp", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
                    "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name",
-                   "should_checkpoint", "load_in_4bit")
+                   "should_checkpoint")
     return {k: float(v) for k, v in reported.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             and not k.startswith(bookkeeping)}

@@ -37,6 +37,11 @@ class HParams:
     def from_dict(cls, d: dict[str, Any]) -> HParams:
         return cls(lora_rank=int(d["lora_rank"]), learning_rate=float(d["learning_rate"]), epochs=int(d["epochs"]))
 
+    @property
+    def label(self) -> str:
+        """How logs and trial folders name a trial: ``r16 lr0.002 e3``."""
+        return f"r{self.lora_rank} lr{self.learning_rate:g} e{self.epochs}"
+
 
 @dataclass
 class TrialResult:
