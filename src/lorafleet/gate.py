@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from lorafleet.config import GateConfig
-from lorafleet.metrics import REGISTRY, SplitEvaluation
+from lorafleet.metrics import Evaluation, SplitEvaluation, better_direction
 
 CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden"]
 
@@ -38,9 +38,14 @@ class GateVerdict(BaseModel):
         return [c.name for c in self.checks if not c.passed]
 
 
-def _up(name: str) -> int:
-    """+1 where higher is better, -1 where lower is (eval_loss, perplexity): each check judges in that direction."""
-    return 1 if REGISTRY[name].higher_is_better else -1
+def _threshold(kind: CheckKind, prefix: str, name: str, threshold: float, evaluation: Evaluation | None,
+               where: str) -> GateCheck:
+    """The tuned model's ``name`` at or beyond ``threshold`` in the metric's better direction."""
+    up, value = better_direction(name), evaluation.value(name) if evaluation else None
+    detail = ("the domain has no golden set (eval.golden)" if evaluation is None else
+              "not measured" if value is None else f"tuned {value:.3f} {where}")
+    return GateCheck(kind=kind, name=f"{prefix}{name} {'>=' if up > 0 else '<='} {threshold:g}", value=value,
+                     threshold=threshold, passed=value is not None and up * (value - threshold) >= 0, detail=detail)
 
 
 def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None) -> GateVerdict:
@@ -49,14 +54,10 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
     perplexity). A metric the evaluation could not measure (e.g. grounding of a model that quoted nothing)
     fails its check, saying so."""
     tuned, base, delta = test.tuned, test.base, test.delta
-    checks = []
-    for name, threshold in gate.min.items():
-        value, up = tuned.value(name), _up(name)
-        checks.append(GateCheck(kind="absolute", name=f"{name} {'>=' if up > 0 else '<='} {threshold:g}", value=value,
-                                threshold=threshold, passed=value is not None and up * (value - threshold) >= 0,
-                                detail=f"tuned {value:.3f} on the test split" if value is not None else "not measured"))
+    checks = [_threshold("absolute", "", name, threshold, tuned, "on the test split")
+              for name, threshold in gate.min.items()]
     for name in gate.not_below_base:
-        t, b, up = tuned.value(name), base.value(name), _up(name)
+        t, b, up = tuned.value(name), base.value(name), better_direction(name)
         label = f"{name} not {'below' if up > 0 else 'above'} base"
         if t is None:
             checks.append(GateCheck(kind="not_below_base", name=label, value=None, threshold=0.0,
@@ -66,7 +67,7 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
         checks.append(GateCheck(kind="not_below_base", name=label, value=t - b, threshold=0.0,
                                 passed=up * (t - b) >= 0, detail=f"tuned {t:.3f} vs base {b:.3f}"))
     for name, threshold in gate.min_improvement.items():
-        gain, up = delta.metrics.get(name), _up(name)
+        gain, up = delta.metrics.get(name), better_direction(name)
         label = f"{name} {'gain' if up > 0 else 'drop'} >= {threshold:g}"
         if gain is None or gain.ci is None:
             checks.append(GateCheck(kind="min_improvement", name=label, value=None,
@@ -85,10 +86,7 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
                                 value=value, threshold=-gate.max_field_regression,
                                 passed=value >= -gate.max_field_regression,
                                 detail=f"worst field: {worst} ({value:+.3f} vs base)" if worst else "no fields"))
-    for name, threshold in gate.golden_min.items():
-        value = golden.tuned.value(name) if golden else None
-        detail = ("the domain has no golden set (eval.golden)" if golden is None else
-                  f"tuned {value:.3f} on {golden.tuned.n} golden records" if value is not None else "not measured")
-        checks.append(GateCheck(kind="golden", name=f"golden {name} >= {threshold:g}", value=value,
-                                threshold=threshold, passed=value is not None and value >= threshold, detail=detail))
+    checks += [_threshold("golden", "golden ", name, threshold, golden.tuned if golden else None,
+                          f"on {golden.tuned.n} golden records" if golden else "")
+               for name, threshold in gate.golden_min.items()]
     return GateVerdict(checks=checks)

@@ -53,6 +53,15 @@ REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("perplexity", False),
 )}
 KEY_METRICS = tuple(name for name, m in REGISTRY.items() if m.key)
+
+
+def better_direction(name: str) -> int:
+    """+1 where a higher value is better, -1 where a lower one is (eval_loss, perplexity); +1 for names the
+    registry does not know (per-field accuracies)."""
+    info = REGISTRY.get(name)
+    return -1 if info is not None and not info.higher_is_better else 1
+
+
 # The per-example values a score can weight (score itself aside).
 ROW_VALUES = tuple(m.example_value for m in REGISTRY.values() if m.example_value not in (None, "score"))
 # What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.

@@ -153,15 +153,14 @@ def finish_all(plans: dict[str, DomainPlan], outcomes: dict[str, list[TrialOutco
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
     """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish."""
-    cfg, out = plan.cfg, context.work_dir / plan.cfg.name
+    cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model)
     selection = choose_winner(cfg, trials)
     winner = trials[selection.winner]
     adapter_dir, merged_dir = merge_winner(cfg, winner, out)
-    base = score_model(plan, "base", *evaluate.load_torch_model(resolve_base_model(cfg.base_model),
-                                                                dtype=cfg.export.dtype), out / "eval")
+    base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
     tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
     tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
-    drift = measure_merge_drift(plan, winner, adapter_dir, tuned_model, tokenizer)
+    drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer)
     onnx, drift = export_and_score(plan, merged_dir, tuned_model, tokenizer, drift, out) if cfg.export.onnx else (None, drift)
     test, golden = compare(cfg, base, tuned, onnx)
     verdict = gate.decide(cfg.gate, test, golden)
@@ -169,7 +168,7 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
                           winner=winner.hparams, test=test, golden=golden, drift=drift, gate=verdict,
                           artifacts=artifact_uris(context, cfg))
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
-    record = lineage_record(context, plan, winner, len(trials), merged_dir)
+    record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
     write_domain_report(context, plan, result, selection, tuned, record, out)
     publish_domain(context, cfg.name, result, record, out)
     return result
@@ -229,10 +228,10 @@ def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, g
     return ModelScores(test=scores["test"], golden=scores.get("golden"))
 
 
-def measure_merge_drift(plan: DomainPlan, winner: TrialOutcome, adapter_dir: Path, merged_model, tokenizer) -> Drift:
+def measure_merge_drift(plan: DomainPlan, base_path: str, winner: TrialOutcome, adapter_dir: Path, merged_model,
+                        tokenizer) -> Drift:
     """The adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model."""
-    adapted, _ = evaluate.load_torch_model(resolve_base_model(plan.cfg.base_model), adapter=str(adapter_dir),
-                                           load_in_4bit=winner.load_in_4bit)
+    adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=winner.load_in_4bit)
     parity = export.check_parity(adapted, merged_model, tokenizer, plan.data.test[:8])
     log.info("[%s] merge drift: %s", plan.cfg.name, parity)
     return Drift(adapter_base="4-bit NF4" if winner.load_in_4bit else "full precision", adapter_vs_merged=parity)
@@ -270,7 +269,7 @@ def artifact_uris(context: FinishContext, cfg: DomainConfig) -> Artifacts:
                      report=storage.url(f"{prefix}/report.html"), data=storage.url(f"{prefix}/data"))
 
 
-def lineage_record(context: FinishContext, plan: DomainPlan, winner: TrialOutcome, trial_count: int,
+def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, winner: TrialOutcome, trial_count: int,
                    merged_dir: Path) -> lineage.Lineage:
     cfg, manifest = plan.cfg, plan.data.manifest
     return lineage.Lineage(
@@ -279,7 +278,7 @@ def lineage_record(context: FinishContext, plan: DomainPlan, winner: TrialOutcom
         config_sha256=lineage.config_sha256(cfg), dataset_version=manifest.dataset_version,
         split_counts=manifest.counts, golden_records=len(plan.data.golden),
         seeds={"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
-        base_model=cfg.base_model, base_model_sha256=lineage.weights_sha256(resolve_base_model(cfg.base_model)),
+        base_model=cfg.base_model, base_model_sha256=lineage.weights_sha256(base_path),
         winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
         merged_sha256=lineage.weights_sha256(merged_dir))
 

@@ -24,7 +24,7 @@ from lorafleet.evaluate import ScoredAnswer
 from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
 from lorafleet.lineage import Lineage
-from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, worst_fields
+from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
 from lorafleet.results import DomainResult, RunSummary, TrialOutcome
 from lorafleet.select import Selection
 
@@ -110,8 +110,7 @@ def _cell(entry: Metric | None, signed: bool = False, metric: str | None = None)
     ci = entry.ci
     cls = ""
     if ci and metric:
-        lower_is_better = metric in REGISTRY and not REGISTRY[metric].higher_is_better
-        sign = (1 if ci[0] > 0 else -1 if ci[1] < 0 else 0) * (-1 if lower_is_better else 1)
+        sign = (1 if ci[0] > 0 else -1 if ci[1] < 0 else 0) * better_direction(metric)
         cls = {1: "better", -1: "worse"}.get(sign, "")
     return Cell(_num(entry.value, signed), f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "", cls)
 

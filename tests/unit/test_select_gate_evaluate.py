@@ -148,3 +148,13 @@ def test_lower_is_better_metrics_are_judged_downwards():
     assert verdict.checks[2].value == pytest.approx(0.5)  # the drop's interval [0.5, 0.9]: its lower end counts
     worse = decide(gate, _test(base, tuned, _delta(eval_loss=(0.7, (0.5, 0.9)))))
     assert worse.failed == ["eval_loss <= 1", "perplexity not above base", "eval_loss drop >= 0.2"]
+
+
+def test_golden_thresholds_follow_the_metric_direction_too():
+    gate = GateConfig(golden_min={"eval_loss": 1.0, "schema_pass_rate": 0.5})
+    test = _test(_summary(), _summary(), _delta())
+    low_loss = decide(gate, test, _golden(_summary(n=12, eval_loss=0.8, schema_pass_rate=0.9)))
+    assert low_loss.passed and [c.name for c in low_loss.checks] == ["golden eval_loss <= 1",
+                                                                     "golden schema_pass_rate >= 0.5"]
+    assert decide(gate, test, _golden(_summary(n=12, eval_loss=1.2, schema_pass_rate=0.9))).failed == [
+        "golden eval_loss <= 1"]
