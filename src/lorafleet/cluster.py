@@ -2,14 +2,11 @@
 and hand back each result or the error that ended its task (unwrapped from Ray's task error)."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.config import Resources
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lorafleet import publish
-from tests.conftest import DOMAINS_DIR
+from tests.conftest import DOMAINS_DIR, OPEN_GATE
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,7 @@ def _args(tmp_path, base) -> list[str]:
     shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
     shutil.copytree(DOMAINS_DIR / "medical", config_dir / "medical", dirs_exist_ok=True)
     sets = [f"base_model={base}", "train.max_steps=6", "train.eval_steps=3", "eval.max_examples=3",
-            "eval.max_new_tokens=16", "gate.min.schema_pass_rate=0", "gate.min.json_valid_rate=0",
-            "gate.not_below_base=[]", "gate.min_improvement.score=-100", "gate.max_field_regression=1",
-            "gate.golden_min.schema_pass_rate=0",
+            "eval.max_new_tokens=16", *OPEN_GATE,
             "sweep.resources_per_trial.cpu=2"]  # one trial at a time: a kill after the first finds the second running
     return ["run", "--config-dir", str(config_dir), "--storage", str(tmp_path / "store"), "--run-id", "night",
             "--work-dir", str(tmp_path / "work"), *[a for s in sets for a in ("--set", s)]]

@@ -6,7 +6,7 @@ import pytest
 
 from lorafleet import publish
 from lorafleet.cli import main
-from tests.conftest import CANARY_SECRET, DOMAINS_DIR
+from tests.conftest import CANARY_SECRET, DOMAINS_DIR, OPEN_GATE
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +20,7 @@ def _run_args(tmp_path, domain: str, storage: str, run_id: str, base, *sets: str
     for name in (domain, *also):
         shutil.copy(DOMAINS_DIR / f"{name}.yaml", config_dir)
         shutil.copytree(DOMAINS_DIR / name, config_dir / name)
-    quick = [*([f"base_model={base}"] if base else []), "train.max_steps=4", "train.eval_steps=2", "gate.min.schema_pass_rate=0",
-             "gate.min.json_valid_rate=0", "gate.not_below_base=[]", "gate.min_improvement.score=-100",
-             "gate.max_field_regression=1", "gate.golden_min.schema_pass_rate=0", *sets]
+    quick = [*([f"base_model={base}"] if base else []), "train.max_steps=4", "train.eval_steps=2", *OPEN_GATE, *sets]
     return ["run", "--config-dir", str(config_dir), "--storage", storage, "--run-id", run_id,
             "--work-dir", str(tmp_path / "work"), *[arg for s in quick for arg in ("--set", s)]]
 
