@@ -32,12 +32,12 @@ PROFILE = REPO / "configs" / "profiles" / "gpu.yaml"
 GRID = {"lora_rank": [8, 16], "learning_rate": [2e-3, 1e-3], "epochs": [3]}
 
 
-def workload(n_domains: int, work_dir: Path, profile_path: Path):
+def workload(n_domains: int, work_dir: Path, profile_path: Path, extra: dict | None = None):
     from lorafleet.config import find_domain_files, load_domain, load_overrides_file, merge_overrides
     from lorafleet.pipeline import prepare_all
 
     files = find_domain_files(BUNDLED)
-    profile = merge_overrides(load_overrides_file(profile_path), {"sweep": {"space": GRID, "search": "grid"}})
+    profile = merge_overrides(load_overrides_file(profile_path), extra or {"sweep": {"space": GRID, "search": "grid"}})
     configs = {}
     for i in range(n_domains):
         path = files[i % len(files)]
@@ -50,16 +50,21 @@ def workload(n_domains: int, work_dir: Path, profile_path: Path):
 
 
 def trial_clock():
-    """A Tune callback recording when the driver started and finished each trial (wall clock)."""
+    """A Tune callback recording when the driver started and finished each trial (wall clock), and each trial's
+    last reported result."""
     from ray.tune import Callback
 
     class TrialClock(Callback):
         def __init__(self):
             self.started: dict[str, float] = {}
             self.ended: dict[str, float] = {}
+            self.results: dict[str, dict] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started.setdefault(trial.trial_id, time.time())
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results[trial.trial_id] = result
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.ended[trial.trial_id] = time.time()
@@ -92,7 +97,8 @@ def gpu_fractions(samples: Path, start: float, end: float) -> dict[str, dict[str
     for gpu, rows in sorted(per_gpu.items()):
         idle_mem = min(m for _, m in rows)
         fractions[gpu] = {"busy": sum(u for u, _ in rows) / 100 / len(rows),
-                          "occupied": sum(m > idle_mem + 1024 for _, m in rows) / len(rows), "samples": len(rows)}
+                          "occupied": sum(m > idle_mem + 1024 for _, m in rows) / len(rows), "samples": len(rows),
+                          "max_memory_mib": max(m for _, m in rows)}
     return fractions
 
 

@@ -59,6 +59,10 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     eval_steps: int = Field(25, gt=0, description="Evaluate (and report to Tune) every N steps.")
+    gradient_checkpointing: bool | Literal["auto", "offload"] = Field(
+        "auto", description="Recompute activations in the backward pass instead of keeping them: less memory, slower "
+        "steps. offload: also copy them to CPU memory (Unsloth's mode; peft recomputes without offloading). auto: off "
+        "on CPUs and on a GPU a trial needs under a quarter of without it, offload otherwise.")
     seed: int = 0
 
 
@@ -98,11 +102,28 @@ class Resources(_Strict):
     gpu: float = Field(0, ge=0)
 
 
+class TrialResources(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float | Literal["auto"] = Field(
+        0, description="A trial's share of a GPU; auto: as many trials per GPU as its memory holds (measured once "
+        "by a two-step probe) and its node's CPUs drive.")
+
+    @field_validator("gpu")
+    @classmethod
+    def _not_negative(cls, gpu: float | str) -> float | str:
+        if isinstance(gpu, float) and gpu < 0:
+            raise ValueError("must be auto or a number >= 0")
+        return gpu
+
+
 class SweepConfig(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
     search: Literal["grid", "random"] = "grid"
     num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
-    resources_per_trial: Resources = Field(default_factory=Resources)
+    resources_per_trial: TrialResources = Field(default_factory=TrialResources)
+    reuse_workers: bool = Field(
+        True, description="A worker process runs trial after trial of the same resources, keeping its imports and "
+        "loaded base (Tune's reuse_actors); false: a fresh process per trial.")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -232,7 +253,10 @@ class DomainConfig(_Strict):
     @property
     def finish_resources(self) -> Resources:
         """Ray resources of the task that finishes the domain after the sweep (merge, ONNX export, evaluation)."""
-        return self.eval.resources or self.sweep.resources_per_trial
+        if self.eval.resources is not None:
+            return self.eval.resources
+        trial = self.sweep.resources_per_trial
+        return Resources(cpu=trial.cpu, gpu=trial.gpu)
 
     @model_validator(mode="after")
     def _consistent(self) -> DomainConfig:
@@ -246,7 +270,11 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
     """Settings that contradict each other across sections, caught at load time rather than after minutes of
     training; each names its fields as the YAML does."""
     problems = []
-    train, trial_gpu, finish = cfg.train, cfg.sweep.resources_per_trial.gpu, cfg.finish_resources
+    train, trial_gpu = cfg.train, cfg.sweep.resources_per_trial.gpu
+    if trial_gpu == "auto" and cfg.eval.resources is None:
+        return ["sweep.resources_per_trial.gpu: auto packs the trials; the task that finishes the domain after them "
+                "needs its own resources: set eval.resources (e.g. {cpu: 2, gpu: 0.2})"]
+    finish = cfg.finish_resources
     finish_gpu = (f"eval.resources.gpu: {finish.gpu:g}" if cfg.eval.resources is not None else
                   f"sweep.resources_per_trial.gpu: {finish.gpu:g}, which eval.resources defaults to")
     if cfg.gate.golden_min and not cfg.eval.golden:
@@ -263,7 +291,7 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
     elif train.load_in_4bit is not False and finish.gpu == 0:  # auto: 4-bit on CUDA
         problems.append(
             f"train.load_in_4bit: {'auto' if train.load_in_4bit == 'auto' else 'true'} trains on a 4-bit base on the "
-            f"trials' GPUs (sweep.resources_per_trial.gpu: {trial_gpu:g}), and the winner's merge-drift check reloads "
+            f"trials' GPUs (sweep.resources_per_trial.gpu: {trial_gpu}), and the winner's merge-drift check reloads "
             f"that base in 4-bit where the domain is finished, which gets no GPU ({finish_gpu}); give eval.resources "
             "a GPU fraction or set train.load_in_4bit: false")
     if cfg.export.onnx and cfg.export.dtype == "fp16" and finish.gpu == 0:

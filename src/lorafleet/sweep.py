@@ -98,6 +98,7 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
 
     from lorafleet.train import train_trial
 
+    started_at = time.time()
     spec = config["trial"]
     plan = plans.get(spec["domain"])
     if plan is None or plan.fingerprint != spec["fingerprint"]:
@@ -117,7 +118,7 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
                          plan.data.val, work, callbacks=[ReportToTune()],
                          after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
     final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
-             "history": result.history, "step": result.metrics["steps"]}
+             "history": result.history, "step": result.metrics["steps"], "started_at": started_at}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
 
 
@@ -219,13 +220,28 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
               callbacks: list | None = None) -> dict[str, list[TrialOutcome]]:
     """Train every domain's trials (resuming an earlier attempt of the run); the outcomes by domain."""
     keep_credentials_out_of_trial_runtime_envs()
+    gpu_shares = trial_gpu_shares(plans)
     outcomes: dict[str, list[TrialOutcome]] = {}
     for experiment in _experiments(plans, storage, run_id):
-        outcomes.update(_fit(experiment, storage, run_id, verbose, callbacks or []))
+        outcomes.update(_fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or []))
     return outcomes
 
 
-def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose: bool,
+def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
+    """Each domain's GPU share per trial: as configured, or packed (``gpu: auto``, see packing.py)."""
+    from lorafleet import packing
+    from lorafleet.base_model import cache_root
+
+    auto = {d: packing.PackingRequest(
+                shape=packing.TrialShape.of(p.cfg.base_model, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)]),
+                examples=packing.probe_examples(p.data.train, p.cfg.train.batch_size),
+                cpus_per_trial=p.cfg.sweep.resources_per_trial.cpu, finishing_gpu=p.cfg.finish_resources.gpu)
+            for d, p in plans.items() if p.cfg.sweep.resources_per_trial.gpu == "auto"}
+    shares = packing.pack(auto, cache_root() / "probes") if auto else {}
+    return {d: shares[d] if d in shares else float(p.cfg.sweep.resources_per_trial.gpu) for d, p in plans.items()}
+
+
+def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish.Storage, run_id: str, verbose: bool,
          callbacks: list) -> dict[str, list[TrialOutcome]]:
     from ray import tune
     from ray.tune import PlacementGroupFactory
@@ -235,9 +251,10 @@ def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose
              for d, plan in plans.items() for hp in trial_hparams(plan.cfg)]
 
     def resources(config: dict[str, Any]) -> PlacementGroupFactory:
-        plan = plans.get(config["trial"]["domain"])
-        res = plan.cfg.sweep.resources_per_trial if plan else None
-        return PlacementGroupFactory([{"CPU": res.cpu if res else 1, "GPU": res.gpu if res else 0}])
+        domain = config["trial"]["domain"]
+        plan = plans.get(domain)
+        cpu = plan.cfg.sweep.resources_per_trial.cpu if plan else 1
+        return PlacementGroupFactory([{"CPU": cpu, "GPU": gpu_shares.get(domain, 0)}])
 
     tune_path, tune_fs = storage.tune_location(run_id)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
@@ -256,8 +273,10 @@ def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose
             trainable,
             param_space={"trial": tune.grid_search(specs)},
             # warm workers: a trial's process runs the next trial of the same resources, so torch, TRL (and on
-            # CUDA Unsloth) are imported once per worker, not once per trial; an errored trial's worker is replaced
-            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+            # CUDA Unsloth) are imported and the base loaded once per worker, not once per trial; an errored
+            # trial's worker is replaced
+            tune_config=tune.TuneConfig(reuse_actors=all(p.cfg.sweep.reuse_workers for p in plans.values()),
+                                        trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=experiment.name, storage_path=tune_path, storage_filesystem=tune_fs,
                                       verbose=1 if verbose else 0, callbacks=callbacks,
@@ -288,7 +307,7 @@ def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome
 
 def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
     """The trial's own numbers from its last Tune result, without Tune's bookkeeping."""
-    bookkeeping = ("time_", "timestamp", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
+    bookkeeping = ("time_", "timestamp", "started_at", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
                    "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name",
                    "should_checkpoint")
     return {k: float(v) for k, v in reported.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

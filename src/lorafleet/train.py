@@ -7,13 +7,19 @@ Backends:
 ``auto`` picks unsloth when CUDA and the package are there, else peft.
 Unsloth patches transformers/peft/trl process-wide when imported, so it is imported here only,
 inside the trial's own worker process, and never by merge/export/evaluate.
+
+A worker process runs trial after trial (Tune's ``reuse_actors``) and keeps the base model it loaded: each
+trial trains a deep copy of it (a GPU-to-GPU copy, milliseconds), so the next trial skips the load and no
+trial sees what another one trained.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +31,10 @@ from lorafleet.config import TrainConfig
 from lorafleet.data import Example
 
 log = logging.getLogger(__name__)
+
+# this process's loaded base: (what was loaded, (model, tokenizer)); one at a time, replaced when a trial of
+# another base (or backend, precision, sequence length) comes
+_loaded_base: tuple[tuple, tuple[Any, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,17 +87,41 @@ def _use_4bit(train_cfg: TrainConfig) -> bool:
     return bool(train_cfg.load_in_4bit)
 
 
-def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, seed: int):
+def _fresh_copy_of_base(loaded: tuple, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """A copy of this process's base (model and tokenizer together, so references between them hold), loading it
+    first when the process holds none or another one."""
+    global _loaded_base
+    if _loaded_base is None or _loaded_base[0] != loaded:
+        _loaded_base = None
+        _free_memory()
+        _loaded_base = (loaded, load())
+    return copy.deepcopy(_loaded_base[1])
+
+
+def _free_memory() -> None:
+    """A trainer holds reference cycles (callbacks, accelerator): only a collection frees its model and optimizer
+    before the CUDA cache is given back."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+UNSLOTH_CHECKPOINTING = {"offload": "unsloth", True: True, False: False}
+
+
+def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, checkpointing: bool | str):
     from unsloth import FastLanguageModel  # imported here only (see module docstring)
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None,
-        load_in_4bit=_use_4bit(train_cfg))
+    loaded = ("unsloth", base_path, _use_4bit(train_cfg), train_cfg.max_seq_length)
+    model, tokenizer = _fresh_copy_of_base(loaded, lambda: FastLanguageModel.from_pretrained(
+        model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None, load_in_4bit=_use_4bit(train_cfg)))
     model = FastLanguageModel.get_peft_model(
         model, r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
         lora_dropout=train_cfg.lora_dropout,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        use_gradient_checkpointing="unsloth", random_state=seed, bias="none")
+        use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=train_cfg.seed, bias="none")
     return model, tokenizer, None
 
 
@@ -108,8 +142,9 @@ def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
         kwargs["dtype"] = torch.bfloat16
     else:
         kwargs["dtype"] = torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    loaded = ("peft", base_path, _use_4bit(train_cfg), str(kwargs["dtype"]))
+    model, tokenizer = _fresh_copy_of_base(loaded, lambda: (
+        AutoModelForCausalLM.from_pretrained(base_path, **kwargs), AutoTokenizer.from_pretrained(base_path)))
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
                       lora_dropout=train_cfg.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return model, tokenizer, lora
@@ -123,7 +158,7 @@ def _save_adapter(model, tokenizer, adapter_dir: Path, record: dict[str, Any]) -
     return adapter_dir
 
 
-def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, output_dir: Path):
+def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing: bool | str, output_dir: Path):
     """The stock TRL arguments of one trial: evaluation every ``eval_steps`` (what Tune hears), no saving
     (the adapter is saved once, at the end), no console progress."""
     from trl import SFTConfig
@@ -149,11 +184,39 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, output_dir: P
         seed=train_cfg.seed,
         use_cpu=not on_cuda,
         bf16=on_cuda,
-        gradient_checkpointing=on_cuda and backend == "peft",
+        gradient_checkpointing=backend == "peft" and checkpointing is not False,  # Unsloth sets up its own
         dataloader_num_workers=0,
         dataset_num_proc=None,
         disable_tqdm=True,
     )
+
+
+def _checkpointing(train_cfg: TrainConfig, base_path: str) -> bool | str:
+    from lorafleet.packing import checkpointing_mode
+
+    on_cuda = cuda_available()
+    gpu_total = 0
+    if on_cuda:
+        import torch
+
+        gpu_total = torch.cuda.get_device_properties(0).total_memory
+    model_config = json.loads((Path(base_path) / "config.json").read_text())
+    return checkpointing_mode(train_cfg, model_config, on_cuda, gpu_total)
+
+
+def _first_step_clock(since: float):
+    """A trainer callback timing ``since`` (the trial's start) to the end of its first optimizer step: the fixed
+    cost a trial pays before it trains."""
+    from transformers import TrainerCallback
+
+    class FirstStepClock(TrainerCallback):
+        seconds = float("nan")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if math.isnan(self.seconds):
+                self.seconds = time.perf_counter() - since
+
+    return FirstStepClock()
 
 
 def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
@@ -161,7 +224,6 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
                 after_training: Callable[[Any, Any], dict[str, float]] | None = None) -> TrialResult:
     """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
     ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
-    import torch
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -173,20 +235,21 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     set_seed(train_cfg.seed)
     backend = choose_backend(train_cfg.backend)
     base_path = resolve_base_model(base_model)
+    checkpointing = _checkpointing(train_cfg, base_path)
     if backend == "unsloth":
-        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, train_cfg.seed)
+        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, checkpointing)
     else:
         model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
-    on_cuda = cuda_available()
+    first_step = _first_step_clock(load_started)
     trainer = SFTTrainer(
-        model=model, args=_sft_config(train_cfg, hp, backend, out_dir / "trainer"), processing_class=tokenizer,
-        peft_config=peft_config,
+        model=model, args=_sft_config(train_cfg, hp, backend, checkpointing, out_dir / "trainer"),
+        processing_class=tokenizer, peft_config=peft_config,
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
-        callbacks=callbacks or [])
+        callbacks=[first_step, *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
     started = time.perf_counter()
-    load_seconds = started - load_started  # backend import, base model load (and 4-bit quantisation), trainer setup
+    load_seconds = started - load_started  # base model load (first trial of a process) or copy, trainer setup
     trainer.train()
     final = trainer.evaluate()
     seconds = time.perf_counter() - started
@@ -199,16 +262,12 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         trainer.model.eval()
         extra = after_training(trainer.model, tokenizer)
     metrics = {"eval_loss": float(final["eval_loss"]), "train_seconds": seconds, "load_seconds": load_seconds,
-               "steps": trainer.state.global_step, **extra}
+               "first_step_seconds": first_step.seconds, "steps": trainer.state.global_step, **extra}
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history]
     adapter_dir = _save_adapter(trainer.model, tokenizer, out_dir / "adapter", {
         "hparams": asdict(hp), "backend": backend, "load_in_4bit": _use_4bit(train_cfg), "base_model": base_model,
         "metrics": metrics})
-    # the worker goes on to its next trial: the trainer holds reference cycles (callbacks, accelerator), so only a
-    # collection frees the model and optimizer before the cache is given back
-    del trainer, model
-    gc.collect()
-    if on_cuda:
-        torch.cuda.empty_cache()
+    del trainer, model  # the worker goes on to its next trial; its base stays loaded
+    _free_memory()
     return TrialResult(hparams=hp, backend=backend, load_in_4bit=_use_4bit(train_cfg), adapter_dir=str(adapter_dir),
                        metrics=metrics, history=history)

@@ -67,13 +67,23 @@ def six_trials(ray_gpu, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def unsloth_trial(ray_gpu, tmp_path_factory):
+def unsloth_trials(ray_gpu, tmp_path_factory):
+    """The same Unsloth trial three times on one warm worker: the first loads the 4-bit base, the others train
+    a copy of the one it keeps."""
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
         "base_model": BASE, "train": {"max_steps": 4, "eval_steps": 4, "max_seq_length": 256},
         "eval": {"max_examples": 4, "max_new_tokens": 16},  # validation answers through Unsloth's inference path
-        "sweep": {"space": {"lora_rank": [16]}, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
+        "sweep": {"space": {"lora_rank": [16]}, "num_samples": 3, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
     plan = DomainPlan(cfg, prepare(cfg))
     outcomes = run_sweep({"contracts": plan}, Storage(str(tmp_path_factory.mktemp("store"))), "unsloth")["contracts"]
+    print("unsloth trials on one worker: load_seconds", [round(o.metrics.get("load_seconds", -1), 1) for o in outcomes],
+          "first_step_seconds", [round(o.metrics.get("first_step_seconds", -1), 1) for o in outcomes])
+    return plan, outcomes
+
+
+@pytest.fixture(scope="module")
+def unsloth_trial(unsloth_trials):
+    plan, outcomes = unsloth_trials
     return plan, outcomes[0]
 
 
@@ -91,6 +101,46 @@ def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
     assert outcome.error is None, outcome.error
     assert outcome.backend == "unsloth" and outcome.load_in_4bit
     assert "schema_pass_rate" in outcome.metrics  # the validation answers came through for_inference
+
+
+def test_a_warm_unsloth_worker_trains_the_same_adapter_from_its_kept_base(unsloth_trials, tmp_path):
+    from safetensors.torch import load_file
+
+    _, outcomes = unsloth_trials
+    assert [o.error for o in outcomes] == [None] * 3
+    adapters = []
+    for i, outcome in enumerate(outcomes):
+        outcome.checkpoint.to_directory(str(tmp_path / f"a{i}"))
+        adapters.append(load_file(tmp_path / f"a{i}" / "adapter_model.safetensors"))
+    first, *later = adapters
+    for adapter in later:  # bf16 kernels on the GPU: equal within float noise, not bit for bit
+        assert adapter.keys() == first.keys()
+        worst = max(float((adapter[k].float() - first[k].float()).abs().max()) for k in first)
+        scale = max(float(first[k].float().abs().max()) for k in first)
+        print(f"largest adapter difference to the first trial: {worst:.3g} (largest weight {scale:.3g})")
+        assert worst <= 0.02 * scale
+    losses = [o.metrics["eval_loss"] for o in outcomes]
+    assert max(losses) - min(losses) < 1e-2 * max(losses), losses
+
+
+def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):
+    """The probe runs as a Ray task (Unsloth is imported by workers only) on the whole GPU."""
+    import json
+
+    from lorafleet import packing
+    from lorafleet.config import TrainConfig
+
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {"base_model": BASE})
+    train = TrainConfig(max_seq_length=512, batch_size=8)
+    request = packing.PackingRequest(packing.TrialShape.of(BASE, train, [16]),
+                                     packing.probe_examples(prepare(cfg).train, train.batch_size), 1, 0.2)
+    shares = packing.pack({"contracts": request}, cache_dir=tmp_path)
+    probe = packing.MemoryProbe.model_validate(json.loads(next(tmp_path.glob("*.json")).read_text()))
+    print(f"probe: peak {probe.peak_bytes / 2**30:.2f} GiB, estimate {probe.estimate_bytes / 2**30:.2f} GiB "
+          f"on {probe.gpu_name}; GPU share a trial {shares['contracts']}")
+    assert 0.3 * 2**30 < probe.peak_bytes < 0.5 * probe.gpu_total_bytes
+    assert probe.estimate_bytes / 4 < probe.peak_bytes < probe.estimate_bytes * 4
+    assert 0 < shares["contracts"] <= 0.8 and packing.pack({"contracts": request}, cache_dir=tmp_path) == shares
 
 
 def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path):
