@@ -122,7 +122,22 @@ def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, checkpoin
         lora_dropout=train_cfg.lora_dropout,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=train_cfg.seed, bias="none")
+    _initialise_lora(model, train_cfg.seed)
     return model, tokenizer, None
+
+
+def _initialise_lora(model, seed: int) -> None:
+    """LoRA's initial weights drawn again, right after a seed: Unsloth's first call in a process draws random
+    numbers (kernel warm-up) between its seeding and the adapter's initialisation, so without this a worker's
+    first trial would start from other weights than its later ones."""
+    from peft.tuners.lora.layer import LoraLayer
+    from transformers import set_seed
+
+    set_seed(seed)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.lora_A:
+                module.reset_lora_parameters(adapter, init_lora_weights=True)
 
 
 def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
@@ -186,7 +201,7 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing
         bf16=on_cuda,
         gradient_checkpointing=backend == "peft" and checkpointing is not False,  # Unsloth sets up its own
         dataloader_num_workers=0,
-        dataset_num_proc=None,
+        dataset_num_proc=1,  # a few thousand records: a pool of processes per trial costs more than it saves
         disable_tqdm=True,
     )
 
@@ -240,6 +255,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, checkpointing)
     else:
         model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
+    model_ready = time.perf_counter()
     first_step = _first_step_clock(load_started)
     trainer = SFTTrainer(
         model=model, args=_sft_config(train_cfg, hp, backend, checkpointing, out_dir / "trainer"),
@@ -250,6 +266,8 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
     started = time.perf_counter()
     load_seconds = started - load_started  # base model load (first trial of a process) or copy, trainer setup
+    log.info("trial %s: base and LoRA ready in %.1f s (checkpointing %s), trainer in %.1f s", hp.label,
+             model_ready - load_started, checkpointing, started - model_ready)
     trainer.train()
     final = trainer.evaluate()
     seconds = time.perf_counter() - started

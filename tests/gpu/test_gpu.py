@@ -112,13 +112,13 @@ def test_a_warm_unsloth_worker_trains_the_same_adapter_from_its_kept_base(unslot
     for i, outcome in enumerate(outcomes):
         outcome.checkpoint.to_directory(str(tmp_path / f"a{i}"))
         adapters.append(load_file(tmp_path / f"a{i}" / "adapter_model.safetensors"))
-    first, *later = adapters
-    for adapter in later:  # bf16 kernels on the GPU: equal within float noise, not bit for bit
-        assert adapter.keys() == first.keys()
-        worst = max(float((adapter[k].float() - first[k].float()).abs().max()) for k in first)
-        scale = max(float(first[k].float().abs().max()) for k in first)
-        print(f"largest adapter difference to the first trial: {worst:.3g} (largest weight {scale:.3g})")
-        assert worst <= 0.02 * scale
+    scale = max(float(t.float().abs().max()) for t in adapters[0].values())
+    for i in (1, 2):  # bf16 kernels on the GPU: equal within float noise, not bit for bit
+        assert adapters[i].keys() == adapters[0].keys()
+        worst = {part: max((float((adapters[i][k].float() - adapters[i - 1][k].float()).abs().max())
+                            for k in adapters[0] if part in k), default=0.0) for part in ("lora_A", "lora_B")}
+        print(f"trial {i + 1} vs {i}: largest difference {worst} (largest weight {scale:.3g})")
+        assert max(worst.values()) <= 0.02 * scale
     losses = [o.metrics["eval_loss"] for o in outcomes]
     assert max(losses) - min(losses) < 1e-2 * max(losses), losses
 
