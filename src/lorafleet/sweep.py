@@ -141,14 +141,19 @@ def _trial_name(trial) -> str:
     return f"{_trial_label(trial.config['trial'])}-{trial.trial_id}"
 
 
+def _in_sweep(spec: dict[str, Any], fingerprints: dict[str, str]) -> bool:
+    """Whether a trial trains one of this sweep's domains as they are now (``fingerprints``), unlike a leftover
+    trial of a restored experiment whose domain was published, dropped or changed since."""
+    return fingerprints.get(spec["domain"]) == spec["fingerprint"]
+
+
 def trial_progress(fingerprints: dict[str, str], total: int):
     """A Tune callback (in the driver) that logs a line as each of this sweep's trials starts and ends
     (``fingerprints``: the domains this sweep trains; leftover trials of others are not counted)."""
     from ray.tune import Callback
 
     def ours(trial) -> bool:
-        spec = trial.config["trial"]
-        return fingerprints.get(spec["domain"]) == spec["fingerprint"]
+        return _in_sweep(trial.config["trial"], fingerprints)
 
     def describe(trial) -> str:
         spec = trial.config["trial"]
@@ -269,21 +274,26 @@ def _fit(experiment: _Experiment, storage: publish.Storage, run_id: str, verbose
 
 
 def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome]]:
+    fingerprints = {d: p.fingerprint for d, p in plans.items()}
     outcomes: dict[str, list[TrialOutcome]] = {d: [] for d in plans}
     for result in grid:
         spec = result.config["trial"]
-        plan = plans.get(spec["domain"])
-        if plan is None or plan.fingerprint != spec["fingerprint"]:
-            continue
-        reported = result.metrics or {}
-        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        finished = error is None and result.checkpoint is not None
-        outcomes[spec["domain"]].append(TrialOutcome(
-            hparams=HParams.from_dict(spec), backend=reported.get("backend"),
-            load_in_4bit=bool(reported.get("load_in_4bit", False)),
-            metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
-            error=error, checkpoint=result.checkpoint if finished else None))
+        if _in_sweep(spec, fingerprints):
+            outcomes[spec["domain"]].append(_outcome(spec, result.metrics or {}, result.error, result.checkpoint))
     return outcomes
+
+
+def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseException | None,
+             checkpoint) -> TrialOutcome:
+    """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
+    ended it (None if it completed) and its last checkpoint."""
+    finished = error is None and checkpoint is not None
+    return TrialOutcome(
+        hparams=HParams.from_dict(spec), backend=reported.get("backend"),
+        load_in_4bit=bool(reported.get("load_in_4bit", False)),
+        metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
+        error=None if error is None else f"{type(error).__name__}: {error}",
+        checkpoint=checkpoint if finished else None)
 
 
 def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
