@@ -1,5 +1,6 @@
-"""The recipe: configs -> data -> one sweep for every domain -> per domain: winner, merge, evaluation,
-drift and ONNX parity, gate, report, publish -> latest pointers -> run summary. Read top to bottom."""
+"""The recipe: configs -> data -> one sweep for every domain, and per domain, as soon as its own trials are done
+(while other domains still train), its finishing as a Ray task: winner, merge, evaluation, drift and ONNX parity,
+gate, report, publish -> once every domain is finished: latest pointers -> run summary. Read top to bottom."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from typing import Any
 from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, publish, report, select, sweep
 from lorafleet import data as data_mod
 from lorafleet.base_model import ensure_tiny_base, resolve_base_model
-from lorafleet.cluster import Call, TaskFailure, run_tasks
+from lorafleet.cluster import Call, TaskFailure, TaskGroup
 from lorafleet.config import ConfigError, DomainConfig, load_domain
 from lorafleet.console import progress
 from lorafleet.evaluate import ScoredAnswer
@@ -62,9 +63,9 @@ def run(opts: RunOptions) -> RunSummary:
     plans = {name: plan for name, plan in plans.items() if name not in kept}
     if plans:
         ensure_base_models(plans)
-        outcomes = sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose)
-        context = FinishContext(opts.run_id, opts.storage, opts.work_dir, lineage.git_commit())
-        results |= finish_all(plans, outcomes, context)
+        finishing = Finishing(plans, FinishContext(opts.run_id, opts.storage, opts.work_dir, lineage.git_commit()))
+        sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose, on_domain_trained=finishing.start)
+        results |= finishing.results()
     promote_passed(storage, opts.run_id, results)
     return write_run_summary(storage, opts.run_id, results, time.time() - started)
 
@@ -126,29 +127,44 @@ def ensure_base_models(plans: dict[str, DomainPlan]) -> None:
         ensure_tiny_base()
 
 
-# ---- after training: one Ray task per domain ---------------------------------------------------------
+# ---- after each domain's training: one Ray task per domain -----------------------------------------------
 
-def finish_all(plans: dict[str, DomainPlan], outcomes: dict[str, list[TrialOutcome]],
-               context: FinishContext) -> dict[str, DomainResult]:
-    """Each domain with a finished trial is finished as its own Ray task, side by side."""
-    results, calls = {}, {}
-    for name, plan in plans.items():
-        trials = outcomes.get(name, [])
+class Finishing:
+    """Each domain finished as its own Ray task, started as soon as its trials are done, side by side with
+    the other domains' trials and finishing tasks; ``results`` waits for them all."""
+
+    def __init__(self, plans: dict[str, DomainPlan], context: FinishContext):
+        self.plans, self.context = plans, context
+        self.trials: dict[str, list[TrialOutcome]] = {}  # of each domain whose trials are done
+        self.failed: dict[str, DomainResult] = {}  # domains without a finished trial: nothing to finish
+        self.tasks = TaskGroup()
+
+    def start(self, name: str, trials: list[TrialOutcome]) -> None:
+        """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended."""
+        self.trials[name] = trials
         if not any(t.finished for t in trials):
             causes = "; ".join(t.error or "no result" for t in trials) or "no trial ran"
-            results[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials)
+            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials)
             log.error("[%s] every trial failed", name)
-            continue
+            return
+        training = len(self.plans) - len(self.trials)
+        meanwhile = {0: "", 1: " while 1 domain still trains"}.get(training, f" while {training} domains still train")
+        progress.info("[%s] trials done; finishing%s", name, meanwhile)
         # on the kind of node the trials used, unless the config says otherwise
-        calls[name] = Call((plan, trials, context), plan.cfg.finish_resources)
-    for name, outcome in run_tasks(finish_domain, calls).items():
-        if isinstance(outcome, TaskFailure):
-            log.error("[%s] failed after training: %s", name, outcome)
-            outcome = DomainResult.failed(name, f"failed after training: {outcome}", outcomes[name])
-        else:
-            progress.info("[%s] %s: %s", name, outcome.status.upper(), outcome.artifacts.report)
-        results[name] = outcome
-    return results
+        plan = self.plans[name]
+        self.tasks.submit(name, finish_domain, Call((plan, trials, self.context), plan.cfg.finish_resources))
+
+    def results(self) -> dict[str, DomainResult]:
+        """Every domain's result, once all finishing tasks ended."""
+        results = dict(self.failed)
+        for name, outcome in self.tasks.results().items():
+            if isinstance(outcome, TaskFailure):
+                log.error("[%s] failed after training: %s", name, outcome)
+                outcome = DomainResult.failed(name, f"failed after training: {outcome}", self.trials[name])
+            else:
+                progress.info("[%s] %s: %s", name, outcome.status.upper(), outcome.artifacts.report)
+            results[name] = outcome
+        return results
 
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:

@@ -11,6 +11,11 @@ version, train/sweep/eval settings). A domain whose fingerprint still matches re
 (finished trials kept, errored and unfinished ones run again); a domain that is already published or was
 dropped from the run has its leftover trials skipped; a domain whose config or data changed starts over in
 a fresh experiment, and the log says so.
+
+A domain is handed over (``on_domain_trained``, in the driver) as soon as every one of its trials ended,
+while other domains' trials still run, so that its finishing need not wait for the whole sweep: a Tune
+callback sees each trial end; a domain whose trials had all ended in an earlier attempt gets no Tune event
+and is handed over when its experiment's fit returns. Each domain is handed over exactly once.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,14 +148,19 @@ def _trial_name(trial) -> str:
     return f"{_trial_label(trial.config['trial'])}-{trial.trial_id}"
 
 
+def _in_sweep(spec: dict[str, Any], fingerprints: dict[str, str]) -> bool:
+    """Whether a trial trains one of this sweep's domains as they are now (``fingerprints``), unlike a leftover
+    trial of a restored experiment whose domain was published, dropped or changed since."""
+    return fingerprints.get(spec["domain"]) == spec["fingerprint"]
+
+
 def trial_progress(fingerprints: dict[str, str], total: int):
     """A Tune callback (in the driver) that logs a line as each of this sweep's trials starts and ends
     (``fingerprints``: the domains this sweep trains; leftover trials of others are not counted)."""
     from ray.tune import Callback
 
     def ours(trial) -> bool:
-        spec = trial.config["trial"]
-        return fingerprints.get(spec["domain"]) == spec["fingerprint"]
+        return _in_sweep(trial.config["trial"], fingerprints)
 
     def describe(trial) -> str:
         spec = trial.config["trial"]
@@ -181,6 +192,51 @@ def trial_progress(fingerprints: dict[str, str], total: int):
                           total)
 
     return TrialProgress()
+
+
+DomainTrained = Callable[[str, list[TrialOutcome]], None]
+
+
+def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained):
+    """A Tune callback (in the driver) that calls ``announce(domain, outcomes)`` as soon as every trial of one
+    of ``plans``' domains in the experiment ended: completed, or failed for good (Tune calls ``on_trial_error``
+    only for a trial it will not retry). Trials restored as ended count; leftover trials of others do not."""
+    from ray.tune import Callback
+    from ray.tune.experiment import Trial
+
+    class DomainsTrained(Callback):
+        # all state is passed in, none captured: Tune pickles this class with its RunConfig into tuner.pkl
+        def __init__(self, fingerprints: dict[str, str], trial_counts: dict[str, int], announce: DomainTrained):
+            self.fingerprints, self.trial_counts, self.announce = fingerprints, trial_counts, announce
+
+        def __getstate__(self):
+            # the hook holds the driver's live state (finishing tasks), no business in the experiment folder; a
+            # restored experiment gets this attempt's callbacks
+            return {**self.__dict__, "announce": None}
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.announce_if_trained(trials, trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.announce_if_trained(trials, trial)
+
+        def announce_if_trained(self, trials, ended) -> None:
+            if not _in_sweep(ended.config["trial"], self.fingerprints):
+                return
+            domain = ended.config["trial"]["domain"]
+            mine = [t for t in trials if t.config["trial"]["domain"] == domain
+                    and _in_sweep(t.config["trial"], self.fingerprints)]
+            # Tune creates trials as it goes (200 pending at most), and marks one TERMINATED after on_trial_complete
+            if len(mine) < self.trial_counts[domain] or any(
+                    t is not ended and t.status not in (Trial.TERMINATED, Trial.ERROR) for t in mine):
+                return
+            try:
+                self.announce(domain, [_trial_outcome(t) for t in mine])
+            except Exception:  # noqa: BLE001 - Tune would take it for the trial's own error and retry the trial
+                log.exception("[%s] not handed over as its trials ended; it will be when the sweep ends", domain)
+
+    return DomainsTrained({d: p.fingerprint for d, p in plans.items()},
+                          {d: len(trial_hparams(p.cfg)) for d, p in plans.items()}, announce)
 
 
 @dataclass(frozen=True)
@@ -217,13 +273,26 @@ def _experiments(plans: dict[str, DomainPlan], storage: publish.Storage, run_id:
 
 
 def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: str, verbose: bool = False,
-              callbacks: list | None = None) -> dict[str, list[TrialOutcome]]:
-    """Train every domain's trials (resuming an earlier attempt of the run); the outcomes by domain."""
+              callbacks: list | None = None,
+              on_domain_trained: DomainTrained | None = None) -> dict[str, list[TrialOutcome]]:
+    """Train every domain's trials (resuming an earlier attempt of the run); the outcomes by domain. Each
+    domain's outcomes also go to ``on_domain_trained`` once, as soon as its trials ended."""
     keep_credentials_out_of_trial_runtime_envs()
     gpu_shares = trial_gpu_shares(plans)
+    announced: set[str] = set()
+
+    def announce(domain: str, trials: list[TrialOutcome]) -> None:
+        if on_domain_trained is not None and domain not in announced:
+            on_domain_trained(domain, trials)
+            announced.add(domain)  # only once it went through: a hook that raised is tried again after the fit
+
     outcomes: dict[str, list[TrialOutcome]] = {}
     for experiment in _experiments(plans, storage, run_id):
-        outcomes.update(_fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or []))
+        trained = _fit(experiment, gpu_shares, storage, run_id, verbose,
+                       [*(callbacks or []), domains_trained(experiment.plans, announce)])
+        for domain, trials in trained.items():  # those whose trials had all ended in an earlier attempt
+            announce(domain, trials)
+        outcomes.update(trained)
     return outcomes
 
 
@@ -288,21 +357,47 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
 
 
 def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome]]:
+    fingerprints = {d: p.fingerprint for d, p in plans.items()}
     outcomes: dict[str, list[TrialOutcome]] = {d: [] for d in plans}
     for result in grid:
         spec = result.config["trial"]
-        plan = plans.get(spec["domain"])
-        if plan is None or plan.fingerprint != spec["fingerprint"]:
-            continue
-        reported = result.metrics or {}
-        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        finished = error is None and result.checkpoint is not None
-        outcomes[spec["domain"]].append(TrialOutcome(
-            hparams=HParams.from_dict(spec), backend=reported.get("backend"),
-            load_in_4bit=bool(reported.get("load_in_4bit", False)),
-            metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
-            error=error, checkpoint=result.checkpoint if finished else None))
+        if _in_sweep(spec, fingerprints):
+            outcomes[spec["domain"]].append(_outcome(spec, result.metrics or {}, result.error, result.checkpoint))
     return outcomes
+
+
+def _trial_outcome(trial) -> TrialOutcome:
+    """A trial's outcome as Tune ended it, the same as ``_outcomes`` builds from its Result after the fit: at
+    on_trial_complete, Tune already holds the trial's final report and checkpoint."""
+    return _outcome(trial.config["trial"], trial.last_result or {}, _trial_error(trial), trial.checkpoint)
+
+
+def _trial_error(trial) -> Exception | None:
+    """The error that ended a trial, as its Result will hold it; from the driver's copy, since Tune copies it
+    to the run's storage (where ``Trial.get_pickled_error`` reads) only at its next sync."""
+    from ray import cloudpickle
+    from ray.tune.error import TuneError
+    from ray.tune.experiment import Trial
+
+    if trial.status != Trial.ERROR:
+        return None
+    if trial.pickled_error_file:  # a task or actor error, pickled as raised
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    return TuneError(Path(trial.error_file).read_text()) if trial.error_file else None
+
+
+def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseException | None,
+             checkpoint) -> TrialOutcome:
+    """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
+    ended it (None if it completed) and its last checkpoint."""
+    finished = error is None and checkpoint is not None
+    return TrialOutcome(
+        hparams=HParams.from_dict(spec), backend=reported.get("backend"),
+        load_in_4bit=bool(reported.get("load_in_4bit", False)),
+        metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
+        error=None if error is None else f"{type(error).__name__}: {error}",
+        checkpoint=checkpoint if finished else None)
 
 
 def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
