@@ -69,7 +69,7 @@ def sample_report() -> report.DomainReport:
     result = DomainResult(
         name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
         winner=trials[selection.winner].hparams, test=test_eval, golden=golden_eval, gate=verdict,
-        drift=Drift(adapter_base="full precision", merged_vs_onnx=parity,
+        drift=Drift(adapter_base="full precision", merged_vs_onnx=parity, onnx_provider="CPUExecutionProvider",
                     adapter_vs_merged=Parity(greedy_match_rate=0.98, max_abs_logit_diff=0.0021, prompts=len(test),
                                              new_tokens=1532)))
     manifest = prepared.manifest

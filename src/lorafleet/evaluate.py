@@ -43,7 +43,7 @@ def score_answers(examples: list[Example], answers: list[str], schema: dict, eva
 
 
 def model_device(model):
-    """Where a model's inputs go: a torch model's device; onnxruntime models take CPU tensors."""
+    """Where a model's inputs go: its device (an onnxruntime model's follows its execution provider)."""
     return getattr(model, "device", None) or "cpu"
 
 
@@ -100,16 +100,29 @@ def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool =
     return model, AutoTokenizer.from_pretrained(adapter or path)
 
 
+def onnx_provider() -> str:
+    """The onnxruntime execution provider to run on: CUDA where onnxruntime offers it (the onnxruntime-gpu build)
+    and torch sees a GPU (a task without one has CUDA_VISIBLE_DEVICES empty), else the CPU."""
+    import onnxruntime
+    import torch
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available():
+        return "CUDAExecutionProvider"
+    return "CPUExecutionProvider"
+
+
 def load_onnx_model(path: str):
-    """onnxruntime on the CPU with as many threads as this process was given (Ray sets OMP_NUM_THREADS to a
-    task's CPUs); by default each session starts a thread per core, and finishing tasks side by side contend."""
+    """onnxruntime on ``onnx_provider()``; the model's ``provider`` says which ran. On the CPU with as many threads
+    as this process was given (Ray sets OMP_NUM_THREADS to a task's CPUs); by default each session starts a thread
+    per core, and finishing tasks side by side contend."""
     import onnxruntime
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
-    return ORTModelForCausalLM.from_pretrained(path, session_options=options), AutoTokenizer.from_pretrained(path)
+    model = ORTModelForCausalLM.from_pretrained(path, provider=onnx_provider(), session_options=options)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, float]:

@@ -42,6 +42,7 @@ class Drift(BaseModel):
     adapter_base: str
     adapter_vs_merged: Parity
     merged_vs_onnx: Parity | None = None
+    onnx_provider: str | None = Field(None, description="The onnxruntime execution provider the ONNX model ran on.")
 
 
 def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:

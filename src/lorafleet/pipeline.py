@@ -249,9 +249,9 @@ def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer,
     scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
     parity = export.check_parity(tuned_model, onnx_model, tokenizer, evaluated_test(plan), tuned.token_ids,
                                  scores.test.token_ids)
-    progress.info("[%s] exported to ONNX: parity with PyTorch %s; score %.1f", plan.cfg.name, parity,
-                  scores.test.evaluation.value("score") or 0.0)
-    return scores, drift.model_copy(update={"merged_vs_onnx": parity})
+    progress.info("[%s] exported to ONNX (%s): parity with PyTorch %s; score %.1f", plan.cfg.name, onnx_model.provider,
+                  parity, scores.test.evaluation.value("score") or 0.0)
+    return scores, drift.model_copy(update={"merged_vs_onnx": parity, "onnx_provider": onnx_model.provider})
 
 
 def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,

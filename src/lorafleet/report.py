@@ -174,6 +174,14 @@ def _trial_blocks(report: DomainReport) -> list[tuple]:
     return [*blocks, ("plots", report)]
 
 
+def _onnx_parity_blocks(drift: Drift) -> list[tuple]:
+    parity = drift.merged_vs_onnx
+    return [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"),
+            ("p", f"The merged PyTorch model's and the ONNX model's greedy answers to the {parity.prompts} evaluated test "
+                  f"records, compared token by token ({parity.new_tokens} positions); logits from one forward pass a prompt."),
+            ("kv", "parity", {**parity.model_dump(), "onnxruntime provider": drift.onnx_provider})]
+
+
 def _drift_blocks(drift: Drift) -> list[tuple]:
     comps = [(label, p) for label, p in (("adapter vs merged", drift.adapter_vs_merged),
                                          ("merged vs onnx", drift.merged_vs_onnx)) if p is not None]
@@ -199,8 +207,7 @@ def _blocks(report: DomainReport) -> list[tuple]:
     if report.failing_examples:
         blocks += [("h", 2, "Failing examples (tuned model)"), ("examples", report.failing_examples)]
     if result.drift and result.drift.merged_vs_onnx:
-        blocks += [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"),
-                   ("kv", "parity", result.drift.merged_vs_onnx.model_dump())]
+        blocks += _onnx_parity_blocks(result.drift)
     blocks += _drift_blocks(result.drift) if result.drift else []
     if report.data:
         blocks += [("h", 2, "Data manifest"), ("kv", "data", asdict(report.data))]

@@ -50,6 +50,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     report = json.loads((domain_dir / "report.json").read_text())
     assert {"base", "tuned", "onnx", "delta"} <= set(report["result"]["test"])
     assert report["result"]["golden"]["tuned"]["n"] == 12  # the golden set is scored every run
+    assert report["result"]["drift"]["onnx_provider"] == "CPUExecutionProvider"  # the finishing task has no GPU
+    assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 

@@ -31,6 +31,7 @@ def test_trial_merge_export_parity(small_base, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in a task with one CPU
     task_model, _ = evaluate.load_onnx_model(str(onnx_dir))
     assert task_model.session.get_session_options().intra_op_num_threads == 1
+    assert task_model.provider == evaluate.onnx_provider()  # the session runs where it was asked to (here: the CPU)
     torch_model, tokenizer = evaluate.load_torch_model(str(merged))
     schema = json.loads(open(cfg.schema_path).read())
     examples, eval_cfg = data.test[:4], cfg.eval.model_copy(update={"max_new_tokens": 16, "batch_size": 4})

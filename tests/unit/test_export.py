@@ -1,6 +1,6 @@
 import pytest
 
-from lorafleet import export
+from lorafleet import evaluate, export
 
 
 def test_fp16_export_without_cuda_says_which_setting_needs_a_gpu(tmp_path):
@@ -23,3 +23,17 @@ def test_greedy_agreement_is_position_by_position_over_the_longer_answer():
 def test_parity_needs_an_answer_from_each_model_for_every_prompt():
     with pytest.raises(ValueError, match="1 prompts, but 1 and 0 answers"):
         export.check_parity(None, None, None, ["a prompt"], [[1, 2]], [])
+
+
+@pytest.mark.parametrize(("available", "cuda", "expected"), [
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], True, "CUDAExecutionProvider"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], False, "CPUExecutionProvider"),  # a task given no GPU
+    (["AzureExecutionProvider", "CPUExecutionProvider"], True, "CPUExecutionProvider"),  # the CPU build on a GPU host
+])
+def test_onnx_runs_on_cuda_where_onnxruntime_offers_it_and_torch_sees_a_gpu(monkeypatch, available, cuda, expected):
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert evaluate.onnx_provider() == expected

@@ -95,3 +95,14 @@ def test_summary_table_has_one_line_per_domain():
 def test_run_summary_json_round_trips(tmp_path):
     summary = sample_summary()
     assert type(summary).from_json(json.loads(json.dumps(summary.to_json()))) == summary
+
+
+def test_onnx_parity_says_what_was_compared_and_which_onnxruntime_provider_ran():
+    report = sample_report()
+    parity = report.result.drift.merged_vs_onnx
+    page = render_html(report)
+    table = re.search(r'<table class="parity">.*?</table>', page).group(0)
+    assert "<td>onnxruntime provider</td><td>CPUExecutionProvider</td>" in table
+    assert f"<td>prompts</td><td>{parity.prompts}</td>" in table and f"<td>new_tokens</td><td>{parity.new_tokens}</td>" in table
+    assert f"greedy answers to the {parity.prompts} evaluated test records" in page
+    assert "| onnxruntime provider | CPUExecutionProvider |" in render_markdown(report)
