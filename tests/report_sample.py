@@ -11,7 +11,7 @@ from lorafleet.config import load_domain
 from lorafleet.export import Drift, Parity
 from lorafleet.lineage import Lineage, config_sha256, config_snapshot
 from lorafleet.pipeline import ModelScores, compare
-from lorafleet.results import DomainResult, RunSummary, TrialOutcome
+from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome
 from lorafleet.train import HParams
 from tests.conftest import DOMAINS_DIR
 
@@ -71,7 +71,9 @@ def sample_report() -> report.DomainReport:
         winner=trials[selection.winner].hparams, test=test_eval, golden=golden_eval, gate=verdict,
         drift=Drift(adapter_base="full precision", merged_vs_onnx=parity, onnx_provider="CPUExecutionProvider",
                     adapter_vs_merged=Parity(greedy_match_rate=0.98, max_abs_logit_diff=0.0021, prompts=len(test),
-                                             new_tokens=1532)))
+                                             new_tokens=1532)),
+        timings=FinishTimings(merge=21.4, base_eval=38.2, tuned_eval=35.9, merge_drift=17.3, onnx_export=64.0, onnx_load=3.1,
+                              onnx_parity_eval=41.7))  # report and publish end after the report is written
     manifest = prepared.manifest
     lineage = Lineage(run_id="20260101-0300", lorafleet_version="0.1.0", git_commit="6a41003", packages={"torch": "2.13.0"},
                       config=config_snapshot(cfg), config_sha256=config_sha256(cfg),

@@ -6,6 +6,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from lorafleet.data import Example
 from lorafleet.evaluate import SplitScores
 from lorafleet.export import Drift
 from lorafleet.metrics import SplitEvaluation
-from lorafleet.results import Artifacts, DomainResult, RunSummary, TrialOutcome
+from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, TrialOutcome
 from lorafleet.sweep import DomainPlan
 
 log = logging.getLogger(__name__)
@@ -153,27 +155,46 @@ def finish_all(plans: dict[str, DomainPlan], outcomes: dict[str, list[TrialOutco
 
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
-    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish."""
+    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed."""
     cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model)
-    selection = choose_winner(cfg, trials)
+    selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
-    adapter_dir, merged_dir = merge_winner(cfg, winner, out)
-    base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
-    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
-    tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
-    drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
-    onnx, drift = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out)
+    with watch("merge"):
+        adapter_dir, merged_dir = merge_winner(cfg, winner, out)
+    with watch("base_eval"):
+        base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
+    with watch("tuned_eval"):
+        tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
+        tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
+    with watch("merge_drift"):
+        drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
+    onnx, drift = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out, watch)
                    if cfg.export.onnx else (None, drift))
     test, golden = compare(cfg, base, tuned, onnx)
     verdict = gate.decide(cfg.gate, test, golden)
     result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
                           winner=winner.hparams, test=test, golden=golden, drift=drift, gate=verdict,
-                          artifacts=artifact_uris(context, cfg))
+                          artifacts=artifact_uris(context, cfg), timings=FinishTimings(**watch.seconds))
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
-    record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
-    write_domain_report(context, plan, result, selection, tuned, record, out)
-    publish_domain(context, cfg.name, result, record, out)
-    return result
+    with watch("report"):
+        record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
+        write_domain_report(context, plan, result, selection, tuned, record, out)
+    with watch("publish"):
+        publish_domain(context, cfg.name, result, record, out)
+    return result.model_copy(update={"timings": FinishTimings(**watch.seconds)})
+
+
+class Stopwatch:
+    """Seconds per phase of a recipe: ``with watch("merge"): ...`` times the phase "merge"."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[phase] = round(time.perf_counter() - started, 2)
 
 
 @dataclass(frozen=True)
@@ -241,14 +262,17 @@ def measure_merge_drift(plan: DomainPlan, base_path: str, winner: TrialOutcome, 
 
 
 def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer, tuned: SplitScores, drift: Drift,
-                     out: Path) -> tuple[ModelScores, Drift]:
+                     out: Path, watch: Stopwatch) -> tuple[ModelScores, Drift]:
     """ONNX export (in the evaluation's precision), its test answers, and its parity with the merged PyTorch
     model on them (``tuned``: the merged model's test answers)."""
-    onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
-    onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
-    scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
-    parity = export.check_parity(tuned_model, onnx_model, tokenizer, evaluated_test(plan), tuned.token_ids,
-                                 scores.test.token_ids)
+    with watch("onnx_export"):
+        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
+    with watch("onnx_load"):
+        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
+    with watch("onnx_parity_eval"):
+        scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
+        parity = export.check_parity(tuned_model, onnx_model, tokenizer, evaluated_test(plan), tuned.token_ids,
+                                     scores.test.token_ids)
     progress.info("[%s] exported to ONNX (%s): parity with PyTorch %s; score %.1f", plan.cfg.name, onnx_model.provider,
                   parity, scores.test.evaluation.value("score") or 0.0)
     return scores, drift.model_copy(update={"merged_vs_onnx": parity, "onnx_provider": onnx_model.provider})

@@ -106,3 +106,13 @@ def test_onnx_parity_says_what_was_compared_and_which_onnxruntime_provider_ran()
     assert f"<td>prompts</td><td>{parity.prompts}</td>" in table and f"<td>new_tokens</td><td>{parity.new_tokens}</td>" in table
     assert f"greedy answers to the {parity.prompts} evaluated test records" in page
     assert "| onnxruntime provider | CPUExecutionProvider |" in render_markdown(report)
+
+
+def test_finishing_time_is_one_row_of_the_phases_recorded():
+    report = sample_report()
+    timings = report.result.timings
+    table = re.search(r'<table class="timings">.*?</table>', render_html(report)).group(0)
+    assert table.count("<tr") == 2  # the phases, then their seconds
+    assert "<th>merge</th>" in table and f"<td>{timings.onnx_export:.1f}</td>" in table
+    assert "<th>onnx parity eval</th>" in table and "<th>publish</th>" not in table  # publish had not ended
+    assert "## Finishing time" in render_markdown(report)
