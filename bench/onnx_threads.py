@@ -6,10 +6,11 @@ measured in one run.
 
 Exports one model (the base itself stands in for a merged winner), then twice starts --procs processes at
 once, each loading the ONNX model with ``evaluate.load_onnx_model`` and answering --examples contracts
-prompts greedily (--tokens new tokens each), as a finishing task's parity check and ONNX evaluation do:
+prompts greedily (--tokens new tokens each, one prompt at a time), as a finishing task's ONNX evaluation does:
 (a) without OMP_NUM_THREADS, so each onnxruntime session starts a thread per core (before 2026-11-22);
 (b) with OMP_NUM_THREADS = cores // procs, which is what Ray gives a task with that many CPUs.
-Prints each side's wall time, mean load and answer seconds per process, and the ratio a/b.
+Prints each side's wall time, mean load and answer seconds per process, the ratio a/b, and the execution
+provider the sessions ran on (threads matter on the CPU one; with onnxruntime-gpu and a visible GPU it is CUDA).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def worker(onnx_dir: str, examples: int, tokens: int) -> None:
     loaded = time.perf_counter()
     cfg = load_domain(REPO / "configs" / "domains" / "contracts.yaml")
     evaluate.generate(model, tokenizer, prepare(cfg).test[:examples], tokens, batch_size=1)
-    print(json.dumps({"load_s": loaded - started, "answer_s": time.perf_counter() - loaded}))
+    print(json.dumps({"load_s": loaded - started, "answer_s": time.perf_counter() - loaded, "provider": model.provider}))
 
 
 def side(onnx_dir: Path, procs: int, threads: int | None, examples: int, tokens: int) -> dict:
@@ -49,7 +50,8 @@ def side(onnx_dir: Path, procs: int, threads: int | None, examples: int, tokens:
     if any(p.returncode for p in running):
         raise SystemExit(f"a worker failed (threads={threads})")
     rows = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
-    return {"threads_each": threads or "default (a thread per core)", "wall_s": round(wall, 1),
+    return {"threads_each": threads or "default (a thread per core)", "provider": rows[0]["provider"],
+            "wall_s": round(wall, 1),
             "load_s": round(sum(r["load_s"] for r in rows) / procs, 1),
             "answer_s": round(sum(r["answer_s"] for r in rows) / procs, 1)}
 
@@ -79,8 +81,9 @@ def main() -> None:
     rows = []
     for threads in (None, max(1, cores // args.procs)):  # each line printed as it is measured
         rows.append(side(onnx_dir, args.procs, threads, args.examples, args.tokens))
-        print(f"{args.procs} processes at once, threads each {rows[-1]['threads_each']}: wall {rows[-1]['wall_s']} s "
-              f"(per process: load {rows[-1]['load_s']} s, answers {rows[-1]['answer_s']} s)", flush=True)
+        row = rows[-1]
+        print(f"{args.procs} processes at once on {row['provider']}, threads each {row['threads_each']}: wall {row['wall_s']} s "
+              f"(per process: load {row['load_s']} s, answers {row['answer_s']} s)", flush=True)
     default, limited = rows
     result = {"base": args.base, "dtype": args.dtype, "cores": cores, "procs": args.procs, "examples": args.examples,
               "tokens": args.tokens, "export_s": round(export_s, 1), "default": default, "limited": limited,

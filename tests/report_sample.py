@@ -10,8 +10,8 @@ from lorafleet import data, evaluate, gate, metrics, report, select
 from lorafleet.config import load_domain
 from lorafleet.export import Drift, Parity
 from lorafleet.lineage import Lineage, config_sha256, config_snapshot
-from lorafleet.pipeline import ModelScores, SplitScores, compare
-from lorafleet.results import DomainResult, RunSummary, TrialOutcome
+from lorafleet.pipeline import ModelScores, compare
+from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome
 from lorafleet.train import HParams
 from tests.conftest import DOMAINS_DIR
 
@@ -51,7 +51,7 @@ def sample_report() -> report.DomainReport:
         def split(examples):
             scored = evaluate.score_answers(examples, [answer(i, e) for i, e in enumerate(examples)],
                                             prepared.schema, cfg.eval)
-            return SplitScores(metrics.aggregate([a.score for a in scored]), scored)
+            return evaluate.SplitScores(metrics.aggregate([a.score for a in scored]), scored, token_ids=[])  # made-up answers
         return ModelScores(test=split(test), golden=split(prepared.golden) if golden else None)
 
     base = scores(lambda i, e: "I think the contract is about payment." if i % 3 else e.completion)
@@ -65,13 +65,15 @@ def sample_report() -> report.DomainReport:
               for i, (rank, lr) in enumerate([(8, 2e-4), (16, 1e-3)])]
     trials.append(TrialOutcome(hparams=HParams(16, 5e-3, 3), error="RuntimeError: CUDA out of memory " + XSS))
     selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
-    parity = Parity(greedy_match_rate=1.0, max_abs_logit_diff=3.2e-5, prompts=8, new_tokens=32)
+    parity = Parity(greedy_match_rate=1.0, max_abs_logit_diff=3.2e-5, prompts=len(test), new_tokens=1517)
     result = DomainResult(
         name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
         winner=trials[selection.winner].hparams, test=test_eval, golden=golden_eval, gate=verdict,
-        drift=Drift(adapter_base="full precision", merged_vs_onnx=parity,
-                    adapter_vs_merged=Parity(greedy_match_rate=0.98, max_abs_logit_diff=0.0021, prompts=8,
-                                             new_tokens=32)))
+        drift=Drift(adapter_base="full precision", merged_vs_onnx=parity, onnx_provider="CPUExecutionProvider",
+                    adapter_vs_merged=Parity(greedy_match_rate=0.98, max_abs_logit_diff=0.0021, prompts=len(test),
+                                             new_tokens=1532)),
+        timings=FinishTimings(merge=21.4, base_eval=38.2, tuned_eval=35.9, merge_drift=17.3, onnx_export=64.0, onnx_load=3.1,
+                              onnx_parity_eval=41.7))  # report and publish end after the report is written
     manifest = prepared.manifest
     lineage = Lineage(run_id="20260101-0300", lorafleet_version="0.1.0", git_commit="6a41003", packages={"torch": "2.13.0"},
                       config=config_snapshot(cfg), config_sha256=config_sha256(cfg),

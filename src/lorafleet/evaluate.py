@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -42,16 +43,19 @@ def score_answers(examples: list[Example], answers: list[str], schema: dict, eva
 
 
 def model_device(model):
-    """Where a model's inputs go: a torch model's device; onnxruntime models take CPU tensors."""
+    """Where a model's inputs go: its device (an onnxruntime model's follows its execution provider)."""
     return getattr(model, "device", None) or "cpu"
 
 
-def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers, batched with left padding. Works for a torch model and an ORTModelForCausalLM."""
+def generate_token_ids(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy answers as token ids, batched with left padding, each up to and including its first EOS (the
+    padding that ``generate`` puts after an answer that ended before its batch's longest is dropped). Works for a
+    torch model and an ORTModelForCausalLM."""
     import torch
 
     tokenizer.padding_side = "left"
-    answers: list[str] = []
+    eos = tokenizer.eos_token_id
+    answers: list[list[int]] = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         texts = [tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True) for e in batch]
@@ -59,10 +63,16 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
         inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+                                 eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
+            answers.append(ids[:ids.index(eos) + 1] if eos in ids else ids)
     return answers
+
+
+def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers as text (``generate_token_ids``, decoded)."""
+    return tokenizer.batch_decode(generate_token_ids(model, tokenizer, examples, max_new_tokens, batch_size),
+                                  skip_special_tokens=True)
 
 
 def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False, dtype: str = "fp32"):
@@ -90,16 +100,29 @@ def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool =
     return model, AutoTokenizer.from_pretrained(adapter or path)
 
 
+def onnx_provider() -> str:
+    """The onnxruntime execution provider to run on: CUDA where onnxruntime offers it (the onnxruntime-gpu build)
+    and torch sees a GPU (a task without one has CUDA_VISIBLE_DEVICES empty), else the CPU."""
+    import onnxruntime
+    import torch
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available():
+        return "CUDAExecutionProvider"
+    return "CPUExecutionProvider"
+
+
 def load_onnx_model(path: str):
-    """onnxruntime on the CPU with as many threads as this process was given (Ray sets OMP_NUM_THREADS to a
-    task's CPUs); by default each session starts a thread per core, and finishing tasks side by side contend."""
+    """onnxruntime on ``onnx_provider()``; the model's ``provider`` says which ran. On the CPU with as many threads
+    as this process was given (Ray sets OMP_NUM_THREADS to a task's CPUs); by default each session starts a thread
+    per core, and finishing tasks side by side contend."""
     import onnxruntime
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
-    return ORTModelForCausalLM.from_pretrained(path, session_options=options), AutoTokenizer.from_pretrained(path)
+    model = ORTModelForCausalLM.from_pretrained(path, provider=onnx_provider(), session_options=options)
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, float]:
@@ -123,14 +146,23 @@ def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, floa
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 50 else float("inf")}
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], schema: dict,
-                   eval_cfg: EvalConfig) -> tuple[Evaluation, list[ScoredAnswer]]:
+@dataclass(frozen=True)
+class SplitScores:
+    """One model's answers to one split: scored and summarised, and as the token ids it generated (what parity
+    compares with another model's)."""
+
+    evaluation: Evaluation
+    answers: list[ScoredAnswer]
+    token_ids: list[list[int]]
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, eval_cfg: EvalConfig) -> SplitScores:
     """Greedy answers scored per example, summarised with 95 % bootstrap intervals (``metrics.aggregate``),
     plus eval loss and perplexity of the reference answers."""
-    answers = score_answers(examples, generate(model, tokenizer, examples, eval_cfg.max_new_tokens,
-                                               eval_cfg.batch_size), schema, eval_cfg)
+    token_ids = generate_token_ids(model, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    answers = score_answers(examples, tokenizer.batch_decode(token_ids, skip_special_tokens=True), schema, eval_cfg)
     evaluation = metrics.aggregate([a.score for a in answers], samples=eval_cfg.bootstrap_samples, seed=eval_cfg.seed)
     if examples:
         loss = {k: Metric(value=v) for k, v in completion_loss(model, tokenizer, examples).items()}
         evaluation = evaluation.model_copy(update={"metrics": {**evaluation.metrics, **loss}})
-    return evaluation, answers
+    return SplitScores(evaluation, answers, token_ids)

@@ -6,7 +6,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.data import Example
 from lorafleet.evaluate import model_device
@@ -17,16 +17,21 @@ MARKER = "lorafleet_export.json"
 
 
 class Parity(BaseModel):
-    """How closely two models agree: greedy token agreement and the largest logit difference."""
+    """How closely two models agree on the same prompts: their greedy answers token by token, and the largest
+    difference between their logits on the prompts."""
 
     model_config = ConfigDict(frozen=True)
-    greedy_match_rate: float
-    max_abs_logit_diff: float
-    prompts: int
-    new_tokens: int
+    greedy_match_rate: float = Field(description="Share of answer positions where both models chose the same token, "
+                                     "over each prompt's longer answer (positions a shorter answer lacks differ).")
+    max_abs_logit_diff: float = Field(description="Largest absolute logit difference over the prompts' positions "
+                                      "(one forward pass per prompt, no cache).")
+    prompts: int = Field(description="Prompts compared: the test records the evaluation answers (its first "
+                         "eval.max_examples).")
+    new_tokens: int = Field(description="Answer tokens compared, summed over the prompts (each prompt's longer "
+                            "answer, at most eval.max_new_tokens): greedy_match_rate's denominator.")
 
     def __str__(self) -> str:
-        return f"greedy {self.greedy_match_rate:.2f}, max logit diff {self.max_abs_logit_diff:.3g}"
+        return f"greedy {self.greedy_match_rate:.2f} over {self.new_tokens} tokens, max logit diff {self.max_abs_logit_diff:.3g}"
 
 
 class Drift(BaseModel):
@@ -37,6 +42,7 @@ class Drift(BaseModel):
     adapter_base: str
     adapter_vs_merged: Parity
     merged_vs_onnx: Parity | None = None
+    onnx_provider: str | None = Field(None, description="The onnxruntime execution provider the ONNX model ran on.")
 
 
 def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
@@ -68,29 +74,35 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") ->
     return out_dir
 
 
-def check_parity(model_a, model_b, tokenizer, examples: list[Example], new_tokens: int = 32) -> Parity:
-    """How closely two models agree (PyTorch vs onnxruntime, adapter vs merged...): greedy token agreement
-    over ``new_tokens`` generated tokens per prompt, and the largest absolute difference between their
-    logits on the prompts (one forward pass, no cache)."""
+def check_parity(model_a, model_b, tokenizer, examples: list[Example], answers_a: list[list[int]],
+                 answers_b: list[list[int]]) -> Parity:
+    """How closely two models agree (PyTorch vs onnxruntime, adapter vs merged...) on ``examples``: their greedy
+    answers to them (generated token ids, e.g. the evaluation's: ``evaluate.SplitScores.token_ids``) compared
+    position by position, and the largest absolute difference between their logits on the prompts."""
+    if not len(examples) == len(answers_a) == len(answers_b):
+        raise ValueError(f"{len(examples)} prompts, but {len(answers_a)} and {len(answers_b)} answers")
+    rate, compared = greedy_agreement(answers_a, answers_b)
+    max_diff = max((max_logit_diff(model_a, model_b, tokenizer, e) for e in examples), default=0.0)
+    return Parity(greedy_match_rate=rate, max_abs_logit_diff=max_diff, prompts=len(examples), new_tokens=compared)
+
+
+def greedy_agreement(answers_a: list[list[int]], answers_b: list[list[int]]) -> tuple[float, int]:
+    """The share of answer positions where two models chose the same token, over each prompt's longer answer (so
+    an answer that ends early or runs on counts against agreement), and how many positions that is."""
+    matched = sum(a == b for answer_a, answer_b in zip(answers_a, answers_b) for a, b in zip(answer_a, answer_b))
+    compared = sum(max(len(a), len(b)) for a, b in zip(answers_a, answers_b))
+    return (matched / compared if compared else 0.0), compared
+
+
+def max_logit_diff(model_a, model_b, tokenizer, example: Example) -> float:
+    """The largest absolute difference between two models' logits on one prompt (one forward pass each, no cache)."""
     import torch
 
-    matched = total = 0
-    max_diff = 0.0
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id)
-    for e in examples:
-        text = tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        n_prompt = inputs["input_ids"].shape[1]
-        logits, generated = [], []
-        for model in (model_a, model_b):
-            on_device = {k: v.to(model_device(model)) for k, v in inputs.items()}
-            with torch.inference_mode():
-                logits.append(torch.as_tensor(model(**on_device).logits).float().cpu())
-                generated.append(model.generate(**on_device, **kwargs)[0, n_prompt:].cpu())
-        max_diff = max(max_diff, (logits[0] - logits[1]).abs().max().item())
-        n = min(len(generated[0]), len(generated[1]))
-        matched += int((generated[0][:n] == generated[1][:n]).sum())
-        total += max(len(generated[0]), len(generated[1]))
-    return Parity(greedy_match_rate=matched / total if total else 0.0, max_abs_logit_diff=max_diff,
-                  prompts=len(examples), new_tokens=new_tokens)
+    text = tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    logits = []
+    for model in (model_a, model_b):
+        with torch.inference_mode():
+            output = model(**{k: v.to(model_device(model)) for k, v in inputs.items()})
+        logits.append(torch.as_tensor(output.logits).float().cpu())
+    return (logits[0] - logits[1]).abs().max().item()

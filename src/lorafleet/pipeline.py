@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +20,11 @@ from lorafleet.base_model import ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
 from lorafleet.config import ConfigError, DomainConfig, load_domain
 from lorafleet.console import progress
-from lorafleet.evaluate import ScoredAnswer
+from lorafleet.data import Example
+from lorafleet.evaluate import SplitScores
 from lorafleet.export import Drift
-from lorafleet.metrics import Evaluation, SplitEvaluation
-from lorafleet.results import Artifacts, DomainResult, RunSummary, TrialOutcome
+from lorafleet.metrics import SplitEvaluation
+from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, TrialOutcome
 from lorafleet.sweep import DomainPlan
 
 log = logging.getLogger(__name__)
@@ -168,32 +171,46 @@ class Finishing:
 
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
-    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish."""
+    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed."""
     cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model)
-    selection = choose_winner(cfg, trials)
+    selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
-    adapter_dir, merged_dir = merge_winner(cfg, winner, out)
-    base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
-    tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
-    tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
-    drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer)
-    onnx, drift = export_and_score(plan, merged_dir, tuned_model, tokenizer, drift, out) if cfg.export.onnx else (None, drift)
+    with watch("merge"):
+        adapter_dir, merged_dir = merge_winner(cfg, winner, out)
+    with watch("base_eval"):
+        base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
+    with watch("tuned_eval"):
+        tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
+        tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
+    with watch("merge_drift"):
+        drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
+    onnx, drift = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out, watch)
+                   if cfg.export.onnx else (None, drift))
     test, golden = compare(cfg, base, tuned, onnx)
     verdict = gate.decide(cfg.gate, test, golden)
     result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
                           winner=winner.hparams, test=test, golden=golden, drift=drift, gate=verdict,
-                          artifacts=artifact_uris(context, cfg))
+                          artifacts=artifact_uris(context, cfg), timings=FinishTimings(**watch.seconds))
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
-    record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
-    write_domain_report(context, plan, result, selection, tuned, record, out)
-    publish_domain(context, cfg.name, result, record, out)
-    return result
+    with watch("report"):
+        record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
+        write_domain_report(context, plan, result, selection, tuned, record, out)
+    with watch("publish"):
+        publish_domain(context, cfg.name, result, record, out)
+    return result.model_copy(update={"timings": FinishTimings(**watch.seconds)})
 
 
-@dataclass(frozen=True)
-class SplitScores:
-    evaluation: Evaluation
-    answers: list[ScoredAnswer]
+class Stopwatch:
+    """Seconds per phase of a recipe: ``with watch("merge"): ...`` times the phase "merge"."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[phase] = round(time.perf_counter() - started, 2)
 
 
 @dataclass(frozen=True)
@@ -223,20 +240,24 @@ def merge_winner(cfg: DomainConfig, winner: TrialOutcome, out: Path) -> tuple[Pa
     return adapter_dir, merged_dir
 
 
+def evaluated_test(plan: DomainPlan) -> list[Example]:
+    """The test records every model answers, and parity compares models on: the first eval.max_examples (all
+    without it)."""
+    return plan.data.test[: plan.cfg.eval.max_examples]
+
+
 def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, golden: bool = True) -> ModelScores:
     """Answer and score the test split (and the golden set); every answer goes to eval/<split>-<kind>.jsonl."""
     cfg = plan.cfg
-    test = plan.data.test[: cfg.eval.max_examples] if cfg.eval.max_examples else plan.data.test
-    splits = {"test": test, "golden": plan.data.golden if golden else []}
+    splits = {"test": evaluated_test(plan), "golden": plan.data.golden if golden else []}
     scores = {}
     eval_dir.mkdir(parents=True, exist_ok=True)
     for split, examples in splits.items():
         if not examples:
             continue
-        evaluation, answers = evaluate.evaluate_model(model, tokenizer, examples, plan.data.schema, cfg.eval)
+        scores[split] = evaluate.evaluate_model(model, tokenizer, examples, plan.data.schema, cfg.eval)
         (eval_dir / f"{split}-{kind}.jsonl").write_text(
-            "".join(json.dumps(a.model_dump(), ensure_ascii=False) + "\n" for a in answers), encoding="utf-8")
-        scores[split] = SplitScores(evaluation, answers)
+            "".join(json.dumps(a.model_dump(), ensure_ascii=False) + "\n" for a in scores[split].answers), encoding="utf-8")
     shown = ", ".join(f"{k} {v:.3f}" for k in metrics.KEY_METRICS
                       if (v := scores["test"].evaluation.value(k)) is not None)
     (progress if kind != "onnx" else log).info(
@@ -245,24 +266,32 @@ def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, g
 
 
 def measure_merge_drift(plan: DomainPlan, base_path: str, winner: TrialOutcome, adapter_dir: Path, merged_model,
-                        tokenizer) -> Drift:
-    """The adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model."""
+                        tokenizer, merged: SplitScores) -> Drift:
+    """The adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model, on the test records
+    the merged model answered in its evaluation (``merged``: those answers, reused)."""
     adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=winner.load_in_4bit)
-    parity = export.check_parity(adapted, merged_model, tokenizer, plan.data.test[:8])
+    examples, eval_cfg = evaluated_test(plan), plan.cfg.eval
+    answers = evaluate.generate_token_ids(adapted, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    parity = export.check_parity(adapted, merged_model, tokenizer, examples, answers, merged.token_ids)
     log.info("[%s] merge drift: %s", plan.cfg.name, parity)
     return Drift(adapter_base="4-bit NF4" if winner.load_in_4bit else "full precision", adapter_vs_merged=parity)
 
 
-def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer, drift: Drift,
-                     out: Path) -> tuple[ModelScores, Drift]:
-    """ONNX export (in the evaluation's precision), its parity with the merged PyTorch model, and its test answers."""
-    onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
-    onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
-    parity = export.check_parity(tuned_model, onnx_model, tokenizer, plan.data.test[:8])
-    scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
-    progress.info("[%s] exported to ONNX: parity with PyTorch %s; score %.1f", plan.cfg.name, parity,
-                  scores.test.evaluation.value("score") or 0.0)
-    return scores, drift.model_copy(update={"merged_vs_onnx": parity})
+def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer, tuned: SplitScores, drift: Drift,
+                     out: Path, watch: Stopwatch) -> tuple[ModelScores, Drift]:
+    """ONNX export (in the evaluation's precision), its test answers, and its parity with the merged PyTorch
+    model on them (``tuned``: the merged model's test answers)."""
+    with watch("onnx_export"):
+        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
+    with watch("onnx_load"):
+        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
+    with watch("onnx_parity_eval"):
+        scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
+        parity = export.check_parity(tuned_model, onnx_model, tokenizer, evaluated_test(plan), tuned.token_ids,
+                                     scores.test.token_ids)
+    progress.info("[%s] exported to ONNX (%s): parity with PyTorch %s; score %.1f", plan.cfg.name, onnx_model.provider,
+                  parity, scores.test.evaluation.value("score") or 0.0)
+    return scores, drift.model_copy(update={"merged_vs_onnx": parity, "onnx_provider": onnx_model.provider})
 
 
 def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,

@@ -25,7 +25,7 @@ from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
 from lorafleet.lineage import Lineage
 from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
-from lorafleet.results import DomainResult, RunSummary, TrialOutcome
+from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome
 from lorafleet.select import Selection
 
 METRIC_ORDER = tuple(REGISTRY)
@@ -174,6 +174,15 @@ def _trial_blocks(report: DomainReport) -> list[tuple]:
     return [*blocks, ("plots", report)]
 
 
+def _onnx_parity_blocks(drift: Drift) -> list[tuple]:
+    parity = drift.merged_vs_onnx
+    return [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"),
+            ("p", f"The merged PyTorch model's and the ONNX model's greedy answers to the {parity.prompts} evaluated test "
+                  f"records, compared token by token over each prompt's longer answer ({parity.new_tokens} positions); "
+                  "logits from one forward pass per prompt."),
+            ("kv", "parity", {**parity.model_dump(), "onnxruntime provider": drift.onnx_provider})]
+
+
 def _drift_blocks(drift: Drift) -> list[tuple]:
     comps = [(label, p) for label, p in (("adapter vs merged", drift.adapter_vs_merged),
                                          ("merged vs onnx", drift.merged_vs_onnx)) if p is not None]
@@ -181,6 +190,14 @@ def _drift_blocks(drift: Drift) -> list[tuple]:
     rows = [[label, *(_num(getattr(p, k)) for k in keys)] for label, p in comps]
     return [("h", 2, "Merge drift"), ("p", f"Adapter applied on the {drift.adapter_base} base, as trained."),
             ("table", "drift", ["comparison", *keys], rows)]
+
+
+def _timing_blocks(timings: FinishTimings) -> list[tuple]:
+    seconds = {phase.replace("_", " "): s for phase, s in timings.model_dump().items() if s is not None}
+    return [("h", 2, "Finishing time"),
+            ("p", "Seconds per phase of this domain's finishing task (report and publish end after this report is "
+                  "written: the run's summary.json has them)."),
+            ("table", "timings", list(seconds), [[f"{s:.1f}" for s in seconds.values()]])]
 
 
 def _gate_blocks(gate: GateVerdict) -> list[tuple]:
@@ -199,9 +216,9 @@ def _blocks(report: DomainReport) -> list[tuple]:
     if report.failing_examples:
         blocks += [("h", 2, "Failing examples (tuned model)"), ("examples", report.failing_examples)]
     if result.drift and result.drift.merged_vs_onnx:
-        blocks += [("h", 2, "ONNX parity (PyTorch vs onnxruntime)"),
-                   ("kv", "parity", result.drift.merged_vs_onnx.model_dump())]
+        blocks += _onnx_parity_blocks(result.drift)
     blocks += _drift_blocks(result.drift) if result.drift else []
+    blocks += _timing_blocks(result.timings) if result.timings else []
     if report.data:
         blocks += [("h", 2, "Data manifest"), ("kv", "data", asdict(report.data))]
     if report.lineage:

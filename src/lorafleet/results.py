@@ -43,6 +43,23 @@ class Artifacts(BaseModel):
     data: str
 
 
+class FinishTimings(BaseModel):
+    """Seconds each phase of a domain's finishing task took (``pipeline.finish_domain``). None: the phase did not
+    run (no ONNX export), or had not ended when the record was written: the domain's report and its
+    domain_summary.json are written before report and publish end, the run's summary.json has every phase."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt phase fails, rather than going unseen
+    merge: float | None = Field(None, description="The winner's adapter fetched and merged into the 16-bit base.")
+    base_eval: float | None = None
+    tuned_eval: float | None = Field(None, description="The merged model loaded and evaluated.")
+    merge_drift: float | None = Field(None, description="The adapter on the base as trained: loaded, answers, logits.")
+    onnx_export: float | None = None
+    onnx_load: float | None = None
+    onnx_parity_eval: float | None = Field(None, description="The ONNX model's answers and loss, then its parity.")
+    report: float | None = Field(None, description="Lineage (the weights' hashes) and the reports.")
+    publish: float | None = None
+
+
 class DomainResult(BaseModel):
     """How one domain ended, whoever produced it: published or gated after finishing, failed (bad config or
     data, every trial failed, finishing failed), or kept from an earlier attempt of the same run (resumed)."""
@@ -59,6 +76,7 @@ class DomainResult(BaseModel):
     drift: Drift | None = None
     gate: GateVerdict | None = None
     artifacts: Artifacts | None = None
+    timings: FinishTimings | None = None
 
     @classmethod
     def failed(cls, name: str, error: str, trials: list[TrialOutcome] | None = None) -> DomainResult:

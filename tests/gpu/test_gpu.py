@@ -154,7 +154,9 @@ def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path)
     merged, tokenizer = evaluate.load_torch_model(str(merged_dir))
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # not a 4-bit layer
     adapted, _ = evaluate.load_torch_model(merge.resolve_base_model(BASE), adapter=str(adapter), load_in_4bit=True)
-    drift = export.check_parity(adapted, merged, tokenizer, plan.data.test[:4], new_tokens=16)
+    examples = plan.data.test[:4]
+    answers = [evaluate.generate_token_ids(m, tokenizer, examples, max_new_tokens=16, batch_size=4) for m in (adapted, merged)]
+    drift = export.check_parity(adapted, merged, tokenizer, examples, *answers)
     print(f"QLoRA merge drift (adapter on NF4 base vs merged 16-bit): {drift}")
     assert drift.prompts == 4 and 0.0 < drift.max_abs_logit_diff < 50.0
 
@@ -174,7 +176,10 @@ def test_fp16_onnx_export_on_cuda_matches_fp16_pytorch(unsloth_trial, tmp_path):
     merged_bytes = (merged_dir / "model.safetensors").stat().st_size
     onnx_model, _ = evaluate.load_onnx_model(str(onnx_dir))
     torch_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype="fp16")
-    parity = export.check_parity(torch_model, onnx_model, tokenizer, plan.data.test[:4], new_tokens=16)
+    examples = plan.data.test[:4]
+    answers = [evaluate.generate_token_ids(m, tokenizer, examples, max_new_tokens=16, batch_size=4)
+               for m in (torch_model, onnx_model)]
+    parity = export.check_parity(torch_model, onnx_model, tokenizer, examples, *answers)
     print(f"fp16 ONNX: {onnx_bytes / 2**30:.2f} GiB (merged fp16 safetensors {merged_bytes / 2**30:.2f} GiB); "
           f"parity vs fp16 PyTorch: {parity}")
     # fp16 weights: the ONNX files are about the merged fp16 size (plus the tied embedding stored twice),

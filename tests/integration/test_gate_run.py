@@ -8,6 +8,7 @@ import pytest
 
 from lorafleet import publish
 from lorafleet.cli import main
+from lorafleet.results import FinishTimings
 from tests.conftest import DOMAINS_DIR
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
 
     entry = storage.read_json("runs/useless/summary.json")["domains"]["medical"]
     assert entry["status"] == "gated"
+    assert set(entry["timings"]) == set(FinishTimings.model_fields)  # every finishing phase, timed
+    assert all(seconds is not None and seconds >= 0 for seconds in entry["timings"].values())
     failed = [c["name"] for c in entry["gate"]["checks"] if not c["passed"]]
     assert "score gain >= 25" in failed and "schema_pass_rate >= 0.6" in failed, entry["gate"]
     assert storage.read_json(publish.latest_key("medical")) == earlier  # the pointer did not move
@@ -50,6 +53,9 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     report = json.loads((domain_dir / "report.json").read_text())
     assert {"base", "tuned", "onnx", "delta"} <= set(report["result"]["test"])
     assert report["result"]["golden"]["tuned"]["n"] == 12  # the golden set is scored every run
+    assert report["result"]["drift"]["onnx_provider"] == "CPUExecutionProvider"  # the finishing task has no GPU
+    assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
+    assert report["result"]["timings"]["onnx_export"] is not None and report["result"]["timings"]["publish"] is None
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 

@@ -1,5 +1,6 @@
 """One trial on a very small base, then merge, ONNX export and parity: every stage real."""
 import json
+import shutil
 
 import pytest
 
@@ -30,14 +31,41 @@ def test_trial_merge_export_parity(small_base, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in a task with one CPU
     task_model, _ = evaluate.load_onnx_model(str(onnx_dir))
     assert task_model.session.get_session_options().intra_op_num_threads == 1
+    assert task_model.provider == evaluate.onnx_provider()  # the session runs where it was asked to (here: the CPU)
     torch_model, tokenizer = evaluate.load_torch_model(str(merged))
-    parity = export.check_parity(torch_model, onnx_model, tokenizer, data.test[:3], new_tokens=12)
-    assert parity.greedy_match_rate >= 0.99
-    assert parity.max_abs_logit_diff < 1e-3
     schema = json.loads(open(cfg.schema_path).read())
-    summary, rows = evaluate.evaluate_model(onnx_model, tokenizer, data.test[:4], schema,
-                                            cfg.eval.model_copy(update={"max_new_tokens": 16, "batch_size": 4}))
-    assert summary.n == 4 and len(rows) == 4
+    examples, eval_cfg = data.test[:4], cfg.eval.model_copy(update={"max_new_tokens": 16, "batch_size": 4})
+    torch_scores = evaluate.evaluate_model(torch_model, tokenizer, examples, schema, eval_cfg)
+    onnx_scores = evaluate.evaluate_model(onnx_model, tokenizer, examples, schema, eval_cfg)
+    assert onnx_scores.evaluation.n == 4 and len(onnx_scores.answers) == 4
+    # each answer's ids end at its first EOS, or at max_new_tokens without one (no padding after it)
+    eos = tokenizer.eos_token_id
+    assert all(eos not in ids[:-1] and (ids[-1] == eos or len(ids) == 16) for ids in torch_scores.token_ids)
+    parity = export.check_parity(torch_model, onnx_model, tokenizer, examples, torch_scores.token_ids,
+                                 onnx_scores.token_ids)
+    assert parity.greedy_match_rate >= 0.99 and parity.max_abs_logit_diff < 1e-3
+    assert parity.prompts == 4 and 4 <= parity.new_tokens <= 4 * 16
     # the ONNX model's loss on the reference answers matches the PyTorch model's
-    torch_loss = evaluate.completion_loss(torch_model, tokenizer, data.test[:4])["eval_loss"]
-    assert abs(summary.value("eval_loss") - torch_loss) < 1e-3 and 0 < torch_loss < 20
+    torch_loss = torch_scores.evaluation.value("eval_loss")
+    assert abs(onnx_scores.evaluation.value("eval_loss") - torch_loss) < 1e-3 and 0 < torch_loss < 20
+
+    # a broken export (the final norm's weights negated) answers otherwise, and parity says so
+    broken_dir = _with_negated_initializer(onnx_dir, tmp_path / "broken", "model.norm.weight")
+    broken_model = ORTModelForCausalLM.from_pretrained(broken_dir)
+    broken_scores = evaluate.evaluate_model(broken_model, tokenizer, examples, schema, eval_cfg)
+    broken = export.check_parity(torch_model, broken_model, tokenizer, examples, torch_scores.token_ids,
+                                 broken_scores.token_ids)
+    assert broken.greedy_match_rate < 0.5 and broken.max_abs_logit_diff > 1.0, broken
+
+
+def _with_negated_initializer(onnx_dir, out_dir, name: str):
+    """A copy of an ONNX export with one weight negated."""
+    import onnx
+    from onnx import numpy_helper
+
+    shutil.copytree(onnx_dir, out_dir)
+    model = onnx.load(str(out_dir / "model.onnx"))
+    weight = next(w for w in model.graph.initializer if w.name == name)
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), name))
+    onnx.save(model, str(out_dir / "model.onnx"))
+    return out_dir

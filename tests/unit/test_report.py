@@ -95,3 +95,24 @@ def test_summary_table_has_one_line_per_domain():
 def test_run_summary_json_round_trips(tmp_path):
     summary = sample_summary()
     assert type(summary).from_json(json.loads(json.dumps(summary.to_json()))) == summary
+
+
+def test_onnx_parity_says_what_was_compared_and_which_onnxruntime_provider_ran():
+    report = sample_report()
+    parity = report.result.drift.merged_vs_onnx
+    page = render_html(report)
+    table = re.search(r'<table class="parity">.*?</table>', page).group(0)
+    assert "<td>onnxruntime provider</td><td>CPUExecutionProvider</td>" in table
+    assert f"<td>prompts</td><td>{parity.prompts}</td>" in table and f"<td>new_tokens</td><td>{parity.new_tokens}</td>" in table
+    assert f"greedy answers to the {parity.prompts} evaluated test records" in page
+    assert "| onnxruntime provider | CPUExecutionProvider |" in render_markdown(report)
+
+
+def test_finishing_time_is_one_row_of_the_phases_recorded():
+    report = sample_report()
+    timings = report.result.timings
+    table = re.search(r'<table class="timings">.*?</table>', render_html(report)).group(0)
+    assert table.count("<tr") == 2  # the phases, then their seconds
+    assert "<th>merge</th>" in table and f"<td>{timings.onnx_export:.1f}</td>" in table
+    assert "<th>onnx parity eval</th>" in table and "<th>publish</th>" not in table  # publish had not ended
+    assert "## Finishing time" in render_markdown(report)
