@@ -1,7 +1,7 @@
 """The same fleet workload three ways on the GPUs given, ratios printed from one run.
 
     python bench/fleet_modes.py --gpus 0 --out DIR [--modes sequential,fixed,packed] [--domains 8]
-                                [--fixed-domains 8] [--sequential-domains 1]
+                                [--fixed-domains 8] [--sequential-domains 1] [--sequential-trials 4]
     python bench/fleet_modes.py --compare DIR      # the table again, from DIR/*.json
 
 Workload: ``--domains`` domains cycled from the bundled configs with the GPU profile (configs/profiles/gpu.yaml:
@@ -88,7 +88,7 @@ def run_tune_mode(mode: str, gpus: str, n_domains: int, scratch: Path) -> dict:
     return summarize(mode, gpus, trials, fixed, ended - started, probe_seconds, samples, started, ended)
 
 
-def run_sequential(gpus: str, n_domains: int, scratch: Path) -> dict:
+def run_sequential(gpus: str, n_domains: int, scratch: Path, max_trials: int) -> dict:
     """Each trial a fresh process, one after another."""
     from lorafleet.sweep import trial_hparams
 
@@ -98,7 +98,7 @@ def run_sequential(gpus: str, n_domains: int, scratch: Path) -> dict:
     started = time.time()
     trials, fixed = [], []
     for name, plan in plans.items():
-        for hp in trial_hparams(plan.cfg):
+        for hp in trial_hparams(plan.cfg)[:max_trials]:
             spec = scratch / f"{name}-{hp.label.replace(' ', '-')}.json"
             spec.write_text(json.dumps({"config": str(plan.cfg.source_file), "name": name,
                                         "overrides": overrides("sequential"), "hparams": vars(hp),
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=8)
     parser.add_argument("--fixed-domains", type=int, help="domains the fixed mode runs (default --domains)")
     parser.add_argument("--sequential-domains", type=int, default=1)
+    parser.add_argument("--sequential-trials", type=int, default=4, help="trials of each domain the sequential mode runs")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # one mode in this process (the parent's child)
     parser.add_argument("--one-trial", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", type=Path)
@@ -206,7 +207,7 @@ def main() -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f"lf-{args.mode}-"))
         domains = {"sequential": args.sequential_domains, "fixed": args.fixed_domains or args.domains}.get(
             args.mode, args.domains)
-        result = (run_sequential(args.gpus, domains, scratch) if args.mode == "sequential"
+        result = (run_sequential(args.gpus, domains, scratch, args.sequential_trials) if args.mode == "sequential"
                   else run_tune_mode(args.mode, args.gpus, domains, scratch))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.mode}.json").write_text(json.dumps(result, indent=2))
@@ -216,7 +217,8 @@ def main() -> None:
             parser.error("--out is needed to measure")
         for mode in args.modes.split(","):
             child = [sys.executable, __file__, "--mode", mode, "--gpus", args.gpus, "--out", str(args.out),
-                     "--domains", str(args.domains), "--sequential-domains", str(args.sequential_domains)]
+                     "--domains", str(args.domains), "--sequential-domains", str(args.sequential_domains),
+                     "--sequential-trials", str(args.sequential_trials)]
             if args.fixed_domains:
                 child += ["--fixed-domains", str(args.fixed_domains)]
             print(f"== {mode}", flush=True)

@@ -157,7 +157,7 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
     """Each domain's GPU share per trial (domain -> fraction); one probe per distinct trial shape (cached)."""
     import ray
 
-    from lorafleet.cluster import Call, TaskFailure, run_tasks
+    from lorafleet.cluster import Call, TaskFailure, TaskGroup
     from lorafleet.config import Resources
 
     resources = ray.cluster_resources()
@@ -171,11 +171,14 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
     for request in requests.values():
         by_shape.setdefault(request.shape.key(accelerator), request)
     cached = {key: _read_probe(cache_dir, key) for key in by_shape}
-    calls = {key: Call((r.shape, r.examples), Resources(cpu=r.cpus_per_trial, gpu=1))
-             for key, r in by_shape.items() if cached[key] is None}
-    if calls:
-        progress.info("packing: probing the peak GPU memory of %d trial shape(s) (two steps each, once)", len(calls))
-    for key, outcome in run_tasks(run_probe, calls).items():
+    missing = [key for key in by_shape if cached[key] is None]
+    if missing:
+        progress.info("packing: probing the peak GPU memory of %d trial shape(s) (two steps each, once)", len(missing))
+    probes = TaskGroup()
+    for key in missing:
+        r = by_shape[key]
+        probes.submit(key, run_probe, Call((r.shape, r.examples), Resources(cpu=r.cpus_per_trial, gpu=1)))
+    for key, outcome in probes.results().items():
         if isinstance(outcome, TaskFailure):
             raise RuntimeError(f"sweep.resources_per_trial.gpu: auto: the memory probe failed: {outcome}")
         (cache_dir / f"{key}.json").parent.mkdir(parents=True, exist_ok=True)

@@ -123,13 +123,15 @@ def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, checkpoin
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=train_cfg.seed, bias="none")
     _initialise_lora(model, train_cfg.seed)
+    # the worker's previous trial switched Unsloth to inference for its validation answers; back to training
+    FastLanguageModel.for_training(model)
     return model, tokenizer, None
 
 
 def _initialise_lora(model, seed: int) -> None:
-    """LoRA's initial weights drawn again, right after a seed: Unsloth's first call in a process draws random
-    numbers (kernel warm-up) between its seeding and the adapter's initialisation, so without this a worker's
-    first trial would start from other weights than its later ones."""
+    """LoRA's initial weights drawn again, right after a seed: measured on an H100, a warm worker's first Unsloth
+    trial started from other lora_A weights than its later ones (Unsloth draws random numbers between its own
+    seeding and the adapter's initialisation on some calls); drawn here, every trial starts from the same."""
     from peft.tuners.lora.layer import LoraLayer
     from transformers import set_seed
 
