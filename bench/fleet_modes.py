@@ -10,8 +10,8 @@ one full epoch per trial (no step cap) and the validation answers a trial gives 
 
 - ``sequential``: one trial at a time, each a fresh Python process (a loop over LLaMA-Factory or Axolotl runs);
   trial settings as ``fixed``. A rate, so it may run a subset (``--sequential-domains``).
-- ``fixed``: lorafleet before its warm workers (2026-11-24): Ray Tune, a fresh worker process per trial, ``gpu: 0.5`` a trial, cpu 2,
-  Unsloth's offloaded gradient checkpointing (``--fixed-domains`` may run a subset).
+- ``fixed``: lorafleet before its warm workers (2026-11-24): Ray Tune, a fresh worker process per trial,
+  ``gpu: 0.5`` a trial, cpu 2, Unsloth's offloaded gradient checkpointing (``--fixed-domains`` may run a subset).
 - ``packed``: lorafleet now: warm workers (reuse_actors) with the base kept loaded, ``gpu: auto`` (probe-measured
   packing; its probe is timed apart, as a nightly run finds it cached), cpu 1, checkpointing auto.
 

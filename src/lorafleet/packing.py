@@ -174,7 +174,7 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
     missing = [key for key in by_shape if cached[key] is None]
     if missing:
         progress.info("packing: probing the peak GPU memory of %d trial shape(s) (two steps each, once)", len(missing))
-    probes = TaskGroup()
+    probes = TaskGroup()  # a GPU task's worker process exits after it (Ray's max_calls), Unsloth and base with it
     for key in missing:
         r = by_shape[key]
         probes.submit(key, run_probe, Call((r.shape, r.examples), Resources(cpu=r.cpus_per_trial, gpu=1)))
