@@ -5,12 +5,16 @@ tokenizer trained with `tokenizers` on the bundled corpus, a ChatML chat templat
 causal-LM pretraining pass on the same corpus so that LoRA fine-tuning starts from a model that
 has seen the languages and JSON, not from noise. It is built once and cached; the cache key
 covers the corpus and every build setting, so a change rebuilds it.
+
+``base_model: gguf:<file>`` (a .gguf path, or PACKAGE/FILE inside an installed Python package) is dequantized
+once by transformers into the cache, keyed by the file's sha256; every stage then loads that folder.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -67,16 +71,97 @@ QWEN25_SHAPES = {
 }
 QWEN25_VOCAB = 151936
 RANDOM_PREFIX = "random:"
+GGUF_PREFIX = "gguf:"
+# Written into a folder dequantized from a GGUF file: the file's sha256 is the base weights' identity (lineage).
+GGUF_SOURCE_MARKER = "lorafleet_gguf_source.json"
 
 
 def resolve_base_model(ref: str) -> str:
     """A path or hub id that `from_pretrained` accepts. ``tiny`` builds (or reuses) the embedded model;
-    ``random:<shape>`` (e.g. ``random:qwen2.5-1.5b``) a random-init model of that public architecture."""
+    ``random:<shape>`` (e.g. ``random:qwen2.5-1.5b``) a random-init model of that public architecture;
+    ``gguf:<file>`` the GGUF model, dequantized."""
     if ref == "tiny":
         return str(ensure_tiny_base())
     if ref.startswith(RANDOM_PREFIX):
         return str(ensure_shaped_base(ref[len(RANDOM_PREFIX):]))
+    if ref.startswith(GGUF_PREFIX):
+        return str(ensure_gguf_base(locate_gguf(ref[len(GGUF_PREFIX):])))
     return ref
+
+
+class GGUFError(ValueError):
+    """A ``gguf:`` base model that cannot be used; the message names the file and why."""
+
+
+def locate_gguf(spec: str, relative_to: Path = Path(".")) -> Path:
+    """The file ``gguf:<spec>`` names: a path (relative ones from ``relative_to``, the YAML's folder), else
+    PACKAGE/FILE inside an installed package, found without importing the package (it may import heavy things)."""
+    path = Path(spec) if Path(spec).is_absolute() else relative_to / spec
+    if path.is_file():
+        return path.resolve()
+    package, _, inside = spec.partition("/")
+    if Path(spec).is_absolute() or not inside or not package.isidentifier():
+        raise GGUFError(f"file not found: {path}")
+    found = importlib.util.find_spec(package)  # a top-level name: finds it without importing it
+    if found is None:
+        raise GGUFError(f"file not found: {path}, and no installed package {package!r} to look in")
+    folders = list(found.submodule_search_locations or [])
+    for folder in folders:
+        if (Path(folder) / inside).is_file():
+            return (Path(folder) / inside).resolve()
+    raise GGUFError(f"{spec}: package {package} ({', '.join(folders) or found.origin}) has no file {inside}")
+
+
+def check_gguf(path: Path) -> str:
+    """The architecture of a GGUF file, after checking that it is one and that transformers can dequantize it.
+    Reads the header only (the reader maps the file, it does not load the tensors)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, not b'GGUF')")
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise GGUFError(f"{path}: reading a GGUF base needs the gguf package: pip install 'lorafleet[smollm2]'") from exc
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES, read_field
+
+    try:
+        architecture = (read_field(GGUFReader(path), "general.architecture") or [None])[0]
+    except (ValueError, IndexError, OSError) as exc:
+        raise GGUFError(f"{path}: unreadable GGUF header: {exc}") from exc
+    supported = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # sections, not architectures
+    if architecture not in supported:
+        raise GGUFError(f"{path}: architecture {architecture!r} cannot be dequantized by transformers; "
+                        f"it can: {', '.join(supported)}")
+    return architecture
+
+
+def ensure_gguf_base(gguf_file: Path, root: Path | None = None) -> Path:
+    """The GGUF model as a transformers folder (safetensors, config, tokenizer with its chat template), dequantized
+    once into the cache under the file's sha256; safe to call from many processes."""
+    with open(gguf_file, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _build_once(Path(root or cache_root()), f"gguf-{digest[:16]}",
+                       lambda out: build_gguf_base(gguf_file, digest, out))
+
+
+def build_gguf_base(gguf_file: Path, digest: str, out_dir: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress.info("base model: dequantizing %s", gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # transformers 4.57.6 gives a GGUF Llama tokenizer its bos token as eos and no pad token (integrations/ggml.py);
+    # the model's generation config holds the GGUF's own ids. Evaluation pads batches, so no pad falls back to eos.
+    special = model.generation_config
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(special.eos_token_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(
+        special.pad_token_id if special.pad_token_id is not None else special.eos_token_id)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / GGUF_SOURCE_MARKER).write_text(json.dumps({"gguf_file": str(gguf_file), "sha256": digest}, indent=2))
+    del model
+    return out_dir
 
 
 def ensure_shaped_base(shape: str, root: Path | None = None) -> Path:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lorafleet.base_model import GGUF_PREFIX, GGUFError, check_gguf, locate_gguf
 from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
 
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -213,7 +214,9 @@ class GateConfig(_Strict):
 class DomainConfig(_Strict):
     name: str
     description: str = ""
-    base_model: str = Field("tiny", description="'tiny' (embedded default), a hub id or a local path.")
+    base_model: str = Field(
+        "tiny", description="'tiny' (embedded default), a hub id, a local path, or gguf:FILE (a .gguf file, relative "
+        "to the YAML, or PACKAGE/FILE inside an installed Python package), dequantized once into the cache.")
     system_prompt: str
     data: DataConfig
     output_schema: str = Field(description="JSON Schema file, relative to the YAML file.")
@@ -237,6 +240,13 @@ class DomainConfig(_Strict):
         if "://" in relative or Path(relative).is_absolute():
             return relative
         return str(Path(self.source_file).parent / relative)
+
+    @property
+    def base_model_ref(self) -> str:
+        """base_model as every stage takes it: a gguf: file by its absolute path, wherever the stage runs."""
+        if not self.base_model.startswith(GGUF_PREFIX):
+            return self.base_model
+        return GGUF_PREFIX + str(locate_gguf(self.base_model[len(GGUF_PREFIX):], Path(self.source_file).parent))
 
     @property
     def data_path(self) -> str:
@@ -425,6 +435,11 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
     for label, ref in files:
         if "://" not in ref and not Path(ref).is_file():
             raise ConfigError(f"{path}: {label}: file not found: {ref}")
+    if cfg.base_model.startswith(GGUF_PREFIX):
+        try:
+            check_gguf(Path(cfg.base_model_ref[len(GGUF_PREFIX):]))
+        except GGUFError as exc:
+            raise ConfigError(f"{path}: base_model: {exc}") from exc
     return cfg
 
 

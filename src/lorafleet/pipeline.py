@@ -16,7 +16,7 @@ from typing import Any
 
 from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, publish, report, select, sweep
 from lorafleet import data as data_mod
-from lorafleet.base_model import ensure_tiny_base, resolve_base_model
+from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
 from lorafleet.config import ConfigError, DomainConfig, load_domain
 from lorafleet.console import progress
@@ -124,10 +124,13 @@ def resume_published(storage: publish.Storage, run_id: str, names: list[str]) ->
 
 
 def ensure_base_models(plans: dict[str, DomainPlan]) -> None:
-    """Build the embedded base once, here, rather than in every trial at once."""
+    """Build the embedded base and dequantize GGUF bases once, here, rather than in every trial at once."""
     if any(p.cfg.base_model == "tiny" for p in plans.values()):
         progress.info("base model: building or reusing the embedded tiny model")
         ensure_tiny_base()
+    for ref in sorted({p.cfg.base_model_ref for p in plans.values() if p.cfg.base_model.startswith(GGUF_PREFIX)}):
+        progress.info("base model: dequantizing or reusing %s", ref)
+        resolve_base_model(ref)
 
 
 # ---- after each domain's training: one Ray task per domain -----------------------------------------------
@@ -172,7 +175,7 @@ class Finishing:
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
     """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed."""
-    cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model)
+    cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model_ref)
     selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
     with watch("merge"):
@@ -234,7 +237,7 @@ def merge_winner(cfg: DomainConfig, winner: TrialOutcome, out: Path) -> tuple[Pa
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     winner.checkpoint.to_directory(str(adapter_dir))
-    merged_dir = merge.merge_16bit(cfg.base_model, adapter_dir, out / "merged", snapshot={"winner": asdict(winner.hparams)})
+    merged_dir = merge.merge_16bit(cfg.base_model_ref, adapter_dir, out / "merged", snapshot={"winner": asdict(winner.hparams)})
     (merged_dir / "lorafleet_config.json").write_text(json.dumps(lineage.config_snapshot(cfg), indent=2))
     progress.info("[%s] merged the adapter into the 16-bit base", cfg.name)
     return adapter_dir, merged_dir

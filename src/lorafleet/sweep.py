@@ -120,7 +120,7 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
                 tune.report({**metrics, "step": state.global_step})
 
     work = Path(tune.get_context().get_trial_dir()) / "work"
-    result = train_trial(plan.cfg.base_model, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
+    result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
                          plan.data.val, work, callbacks=[ReportToTune()],
                          after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
     final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
@@ -302,7 +302,7 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
     from lorafleet.base_model import cache_root
 
     auto = {d: packing.PackingRequest(
-                shape=packing.TrialShape.of(p.cfg.base_model, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)]),
+                shape=packing.TrialShape.of(p.cfg.base_model_ref, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)]),
                 examples=packing.probe_examples(p.data.train, p.cfg.train.batch_size),
                 cpus_per_trial=p.cfg.sweep.resources_per_trial.cpu, finishing_gpu=p.cfg.finish_resources.gpu)
             for d, p in plans.items() if p.cfg.sweep.resources_per_trial.gpu == "auto"}

@@ -1,4 +1,5 @@
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,68 @@ def test_every_contradiction_is_named_in_one_message(domain_copy):
 ])
 def test_consistent_combinations_load(domain_copy, overrides):
     load_domain(domain_copy("contracts"), overrides)
+
+
+def _gguf_base(domain_copy, base_model: str) -> Path:
+    return _rewrite(domain_copy("contracts"), lambda r: r.update(base_model=base_model))
+
+
+def _gguf_header_only(path: Path, architecture: str) -> Path:
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), arch=architecture)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_base_missing_file_is_named(domain_copy):
+    path = _gguf_base(domain_copy, "gguf:models/absent.gguf")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: file not found: .*models/absent.gguf"):
+        load_domain(path)
+
+
+def test_gguf_base_that_is_not_gguf_is_named(domain_copy):
+    path = _gguf_base(domain_copy, "gguf:contracts/schema.json")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: .*schema.json: not a GGUF file"):
+        load_domain(path)
+
+
+def test_gguf_base_in_an_unknown_package_is_named(domain_copy):
+    path = _gguf_base(domain_copy, "gguf:no_such_package_xyz/model.gguf")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: file not found: .*no_such_package_xyz/model.gguf, "
+                                          r"and no installed package 'no_such_package_xyz' to look in"):
+        load_domain(path)
+
+
+def test_gguf_base_missing_from_its_package_is_named(domain_copy):
+    path = _gguf_base(domain_copy, "gguf:lorafleet/absent.gguf")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: lorafleet/absent.gguf: package lorafleet "
+                                          r"\(.*\) has no file absent.gguf"):
+        load_domain(path)
+
+
+def test_gguf_base_with_an_architecture_transformers_cannot_dequantize_is_named(domain_copy, tmp_path):
+    _gguf_header_only(tmp_path / "odd.gguf", "rwkv7")
+    path = _gguf_base(domain_copy, "gguf:odd.gguf")
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: .*odd.gguf: architecture 'rwkv7' cannot be "
+                                          r"dequantized by transformers; it can: .*llama"):
+        load_domain(path)
+
+
+def test_gguf_base_without_the_gguf_package_names_the_extra(domain_copy, tmp_path, monkeypatch):
+    _gguf_header_only(tmp_path / "small.gguf", "llama")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    path = _gguf_base(domain_copy, "gguf:small.gguf")
+    with pytest.raises(ConfigError, match=r"base_model: .*small.gguf: reading a GGUF base needs the gguf package: "
+                                          r"pip install 'lorafleet\[smollm2\]'"):
+        load_domain(path)
+
+
+def test_gguf_base_relative_path_is_resolved_from_the_yaml(domain_copy, tmp_path):
+    (tmp_path / "models").mkdir()
+    _gguf_header_only(tmp_path / "models" / "small.gguf", "llama")
+    cfg = load_domain(_gguf_base(domain_copy, "gguf:models/small.gguf"))
+    assert cfg.base_model == "gguf:models/small.gguf"  # as written: the config hash ignores where the YAML lies
+    assert cfg.base_model_ref == f"gguf:{tmp_path / 'models' / 'small.gguf'}"
