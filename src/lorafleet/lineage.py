@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 import lorafleet
+from lorafleet.base_model import GGUF_SOURCE_MARKER
 from lorafleet.config import DomainConfig
 from lorafleet.train import HParams
 
@@ -78,8 +79,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def weights_sha256(model_dir: str | Path) -> str | None:
-    """sha256 over the model's weight files (sorted by name); None for a hub id not on disk."""
+    """sha256 over the model's weight files (sorted by name); None for a hub id not on disk. A base dequantized from
+    a GGUF file is that file's sha256: the file is what was chosen, the dequantized copy is a cache."""
     model_dir = Path(model_dir)
+    gguf_source = model_dir / GGUF_SOURCE_MARKER
+    if gguf_source.is_file():
+        return json.loads(gguf_source.read_text())["sha256"]
     files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     if not files:
         return None
