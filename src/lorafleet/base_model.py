@@ -148,7 +148,6 @@ def ensure_gguf_base(gguf_file: Path, root: Path | None = None) -> Path:
 def build_gguf_base(gguf_file: Path, digest: str, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    progress.info("base model: dequantizing %s", gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     # transformers 4.57.6 gives a GGUF Llama tokenizer its bos token as eos and no pad token (integrations/ggml.py);

@@ -129,7 +129,7 @@ def ensure_base_models(plans: dict[str, DomainPlan]) -> None:
         progress.info("base model: building or reusing the embedded tiny model")
         ensure_tiny_base()
     for ref in sorted({p.cfg.base_model_ref for p in plans.values() if p.cfg.base_model.startswith(GGUF_PREFIX)}):
-        progress.info("base model: dequantizing or reusing %s", ref)
+        progress.info("base model: dequantizing (or reusing the cached) %s", ref)
         resolve_base_model(ref)
 
 
