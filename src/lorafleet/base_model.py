@@ -109,7 +109,8 @@ def locate_gguf(spec: str, relative_to: Path = Path(".")) -> Path:
     for folder in folders:
         if (Path(folder) / inside).is_file():
             return (Path(folder) / inside).resolve()
-    raise GGUFError(f"{spec}: package {package} ({', '.join(folders) or found.origin}) has no file {inside}")
+    # the name may also be a folder beside the YAML that happens to be importable (anything on sys.path): say both
+    raise GGUFError(f"file not found: {path}, nor as {inside} in package {package} ({', '.join(folders) or found.origin})")
 
 
 def check_gguf(path: Path) -> str:

@@ -292,8 +292,8 @@ def test_gguf_base_in_an_unknown_package_is_named(domain_copy):
 
 def test_gguf_base_missing_from_its_package_is_named(domain_copy):
     path = _gguf_base(domain_copy, "gguf:lorafleet/absent.gguf")
-    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: lorafleet/absent.gguf: package lorafleet "
-                                          r"\(.*\) has no file absent.gguf"):
+    with pytest.raises(ConfigError, match=r"contracts.yaml: base_model: file not found: .*lorafleet/absent.gguf, "
+                                          r"nor as absent.gguf in package lorafleet \(.*src/lorafleet\)"):
         load_domain(path)
 
 
