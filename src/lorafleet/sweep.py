@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet import publish
+from lorafleet.base_model import GGUF_PREFIX, gguf_sha256
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
@@ -71,6 +72,8 @@ class DomainPlan:
         inputs = {"base_model": c.base_model, "system_prompt": c.system_prompt, "data": self.data.manifest.dataset_version,
                   "train": c.train.model_dump(mode="json"), "sweep": c.sweep.model_dump(mode="json"),
                   "eval": c.eval.model_dump(mode="json")}
+        if c.base_model.startswith(GGUF_PREFIX):  # a file replaced at the same path is another base
+            inputs["base_weights"] = gguf_sha256(Path(c.base_model_ref[len(GGUF_PREFIX):]))
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 

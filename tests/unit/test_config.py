@@ -320,3 +320,16 @@ def test_gguf_base_relative_path_is_resolved_from_the_yaml(domain_copy, tmp_path
     cfg = load_domain(_gguf_base(domain_copy, "gguf:models/small.gguf"))
     assert cfg.base_model == "gguf:models/small.gguf"  # as written: the config hash ignores where the YAML lies
     assert cfg.base_model_ref == f"gguf:{tmp_path / 'models' / 'small.gguf'}"
+
+
+def test_a_gguf_file_replaced_at_the_same_path_is_another_base_to_the_sweep(domain_copy, tmp_path):
+    from lorafleet import data
+    from lorafleet.sweep import DomainPlan
+
+    gguf_file = _gguf_header_only(tmp_path / "base.gguf", "llama")
+    cfg = load_domain(_gguf_base(domain_copy, f"gguf:{gguf_file}"))
+    prepared = data.prepare(cfg)
+    before = DomainPlan(cfg, prepared).fingerprint
+    assert DomainPlan(cfg, prepared).fingerprint == before
+    gguf_file.write_bytes(gguf_file.read_bytes() + b"\0" * 32)  # another file, same path
+    assert DomainPlan(cfg, prepared).fingerprint != before
