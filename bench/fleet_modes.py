@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_scaling import PROFILE, REPO, gpu_fractions, sample_gpus, trial_clock, workload  # noqa: E402
+from sweep_scaling import PROFILE, REPO, device_name, gpu_fractions, sample_gpus, trial_clock, workload  # noqa: E402
 
 GRID = {"lora_rank": [8, 16], "learning_rate": [2e-3, 1e-3], "epochs": [1]}
 COMMON = {"train": {"max_steps": None}, "sweep": {"space": GRID, "search": "grid"}}
@@ -157,11 +157,6 @@ def summarize(mode: str, gpus: str, trials: list[dict], fixed: list[dict], wall:
         "winner_eval_loss": {d: round(v, 4) for d, v in sorted(winners.items())},
         "errors": [t["error"][-300:] for t in trials if t["error"]],
     }
-
-
-def device_name(gpus: str) -> str:
-    return subprocess.run(["nvidia-smi", "-i", gpus.split(",")[0], "--query-gpu=name", "--format=csv,noheader"],
-                          capture_output=True, text=True).stdout.strip()
 
 
 def compare(out_dir: Path) -> None:

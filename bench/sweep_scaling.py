@@ -82,6 +82,11 @@ def sample_gpus(gpus: str, out: Path) -> subprocess.Popen | None:
          "--format=csv,noheader,nounits", "-lms", "500"], stdout=out.open("w"), stderr=subprocess.DEVNULL)
 
 
+def device_name(gpus: str) -> str:
+    return subprocess.run(["nvidia-smi", "-i", gpus.split(",")[0], "--query-gpu=name", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+
+
 def gpu_fractions(samples: Path, start: float, end: float) -> dict[str, dict[str, float]]:
     from datetime import datetime
 
@@ -138,8 +143,7 @@ def measure(gpus: str, n_domains: int, out_json: Path, profile: Path = PROFILE) 
         "phase_seconds": {"load": load, "train": train, "worker_start_and_rest": sum(spans) - load - train},
         "trial_spans": [round(s, 1) for s in spans],  # in start order: a warm worker's later trials skip start-up
         "gpu": gpu_fractions(samples, started, ended) if sampler else {},
-        "device": subprocess.run(["nvidia-smi", "-i", gpus.split(",")[0], "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True).stdout.strip() if sampler else "no nvidia-smi",
+        "device": device_name(gpus) if sampler else "no nvidia-smi",
         "errors": [o.error for o in trials if o.error],
     }
     out_json.write_text(json.dumps(result, indent=2))

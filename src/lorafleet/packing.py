@@ -167,9 +167,10 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
     if not gpus:
         log.warning("sweep.resources_per_trial.gpu: auto, but the cluster has no GPU; the trials run on CPUs")
         return dict.fromkeys(requests, 0.0)
+    keys = {name: r.shape.key(accelerator) for name, r in requests.items()}
     by_shape: dict[str, PackingRequest] = {}
-    for request in requests.values():
-        by_shape.setdefault(request.shape.key(accelerator), request)
+    for name, request in requests.items():
+        by_shape.setdefault(keys[name], request)
     cached = {key: _read_probe(cache_dir, key) for key in by_shape}
     missing = [key for key in by_shape if cached[key] is None]
     if missing:
@@ -184,7 +185,7 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
         (cache_dir / f"{key}.json").parent.mkdir(parents=True, exist_ok=True)
         (cache_dir / f"{key}.json").write_text(outcome.model_dump_json())
         cached[key] = outcome
-    fractions = {}
+    shares = {}
     kept = max(r.finishing_gpu for r in requests.values())
     for key, request in by_shape.items():
         probe = cached[key]
@@ -195,10 +196,8 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
                       "trials per GPU (memory allows %d, CPUs %d; %.0f %% kept for finishing)", shape.base_model,
                       shape.lora_rank, shape.train.batch_size, shape.train.max_seq_length, probe.peak_bytes / GIB,
                       probe.estimate_bytes / GIB, probe.gpu_name, packed, by_memory, by_cpus, 100 * kept)
-        for name, r in requests.items():
-            if r.shape.key(accelerator) == key:
-                fractions[name] = gpu_fraction(packed, kept)
-    return fractions
+        shares[key] = gpu_fraction(packed, kept)
+    return {name: shares[keys[name]] for name in requests}
 
 
 def _read_probe(cache_dir: Path, key: str) -> MemoryProbe | None:
