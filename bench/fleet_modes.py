@@ -2,6 +2,7 @@
 
     python bench/fleet_modes.py --gpus 0 --out DIR [--modes sequential,fixed,packed] [--domains 8]
                                 [--fixed-domains 8] [--sequential-domains 1] [--sequential-trials 4]
+                                [--set train.batch_size=16 ...]
     python bench/fleet_modes.py --compare DIR      # the table again, from DIR/*.json
 
 Workload: ``--domains`` domains cycled from the bundled configs with the GPU profile (configs/profiles/gpu.yaml:
@@ -37,9 +38,10 @@ from sweep_scaling import PROFILE, REPO, device_name, gpu_fractions, sample_gpus
 
 GRID = {"lora_rank": [8, 16], "learning_rate": [2e-3, 1e-3], "epochs": [1]}
 COMMON = {"train": {"max_steps": None}, "sweep": {"space": GRID, "search": "grid"}}
+# the modes before warm workers also train as lorafleet did then: Unsloth's default optimizer (8-bit AdamW)
 MODES = {
-    "sequential": {"train": {"gradient_checkpointing": "offload"}},
-    "fixed": {"train": {"gradient_checkpointing": "offload"},
+    "sequential": {"train": {"gradient_checkpointing": "offload", "optimizer": "adamw_8bit"}},
+    "fixed": {"train": {"gradient_checkpointing": "offload", "optimizer": "adamw_8bit"},
               "sweep": {"resources_per_trial": {"cpu": 2, "gpu": 0.5}, "reuse_workers": False}},
     "packed": {"train": {"gradient_checkpointing": "auto"},
                "sweep": {"resources_per_trial": {"cpu": 1, "gpu": "auto"}, "reuse_workers": True}},
@@ -47,9 +49,12 @@ MODES = {
 
 
 def overrides(mode: str) -> dict:
-    from lorafleet.config import merge_overrides
+    from lorafleet.config import merge_overrides, parse_overrides
 
-    return merge_overrides(COMMON, MODES[mode])
+    return merge_overrides(COMMON, MODES[mode], parse_overrides(SETTINGS))
+
+
+SETTINGS: list[str] = []  # --set KEY=VALUE, for every mode (a variant of the workload, e.g. train.batch_size=16)
 
 
 def run_tune_mode(mode: str, gpus: str, n_domains: int, scratch: Path) -> dict:
@@ -85,7 +90,10 @@ def run_tune_mode(mode: str, gpus: str, n_domains: int, scratch: Path) -> dict:
             seen.add(result["pid"])
             fixed.append({"seconds": result["started_at"] + result["first_step_seconds"] - clock.started[trial_id],
                           "reused_worker": reused})
-    return summarize(mode, gpus, trials, fixed, ended - started, probe_seconds, samples, started, ended)
+    spans = [(clock.started[t], clock.ended[t]) for t in clock.started if t in clock.ended]
+    concurrent = max(sum(1 for s, e in spans if s <= moment < e) for moment, _ in spans) if spans else 0
+    return {**summarize(mode, gpus, trials, fixed, ended - started, probe_seconds, samples, started, ended),
+            "most_trials_at_once": concurrent}
 
 
 def run_sequential(gpus: str, n_domains: int, scratch: Path, max_trials: int) -> dict:
@@ -145,7 +153,8 @@ def summarize(mode: str, gpus: str, trials: list[dict], fixed: list[dict], wall:
     later = [f["seconds"] for f in fixed if f["reused_worker"]] or [f["seconds"] for f in fixed[1:]]
     gpu = gpu_fractions(samples, started, ended)
     return {
-        "mode": mode, "gpus": n_gpus, "device": device_name(gpus), "trials": len(trials), "trials_ok": len(ok),
+        "mode": mode, "settings": SETTINGS, "gpus": n_gpus, "device": device_name(gpus),
+        "trials": len(trials), "trials_ok": len(ok),
         "wall_seconds": round(wall, 1), "probe_seconds": round(probe_seconds, 1),
         "trials_per_gpu_hour": len(ok) / (wall / 3600 * n_gpus),
         "fixed_cost_seconds": {"first": round(fixed[0]["seconds"], 1) if fixed else None,
@@ -191,7 +200,10 @@ def main() -> None:
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # one mode in this process (the parent's child)
     parser.add_argument("--one-trial", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", type=Path)
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every mode's domains, e.g. train.batch_size=16")
     args = parser.parse_args()
+    SETTINGS.extend(args.settings)
     sys.path.insert(0, str(REPO / "src"))
     if args.compare:
         compare(args.compare)
@@ -216,6 +228,7 @@ def main() -> None:
                      "--sequential-trials", str(args.sequential_trials)]
             if args.fixed_domains:
                 child += ["--fixed-domains", str(args.fixed_domains)]
+            child += [f"--set={setting}" for setting in args.settings]
             print(f"== {mode}", flush=True)
             subprocess.run(child, check=False)
         compare(args.out)

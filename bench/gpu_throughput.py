@@ -80,7 +80,7 @@ def worker_hf_bnb(base: str, steps: int, batch: int) -> list[float]:
     return _loop(model, steps, model.config.vocab_size, batch)
 
 
-def worker_lorafleet(base: str, steps: int, batch: int) -> list[float]:
+def worker_lorafleet(base: str, steps: int, batch: int, **train_settings: str) -> list[float]:
     import random
 
     import torch
@@ -112,7 +112,7 @@ def worker_lorafleet(base: str, steps: int, batch: int) -> list[float]:
     examples = [example(i) for i in range(batch * (steps + 2))]
     timer = StepTimer()
     cfg = TrainConfig(max_seq_length=SEQ, batch_size=batch, max_steps=steps, backend="unsloth", eval_steps=10**6,
-                      warmup_ratio=0.0)
+                      warmup_ratio=0.0, **train_settings)
     train_trial(base, cfg, HParams(lora_rank=16, learning_rate=2e-4, epochs=1), examples, examples[:batch],
                 f"/tmp/bench-lorafleet-{os.getpid()}", callbacks=[timer])
     return timer.times
@@ -124,7 +124,8 @@ WORKERS = {"lorafleet": worker_lorafleet, "unsloth": worker_unsloth_bare, "hf_bn
 def run_worker(variant: str, base: str, steps: int, batch: int) -> None:
     import torch
 
-    times = WORKERS[variant](base, steps, batch)
+    name, _, settings = variant.partition(":")  # e.g. lorafleet:optimizer=adamw_torch_fused+gradient_checkpointing=offload
+    times = WORKERS[name](base, steps, batch, **dict(kv.split("=", 1) for kv in settings.split("+") if kv))
     measured = times[3:] if len(times) > 4 else times
     print("RESULT " + json.dumps({
         "variant": variant, "steps": len(times), "step_seconds": sum(measured) / len(measured),
@@ -145,7 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="qwen2.5-1.5b,qwen2.5-7b")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--variants", default="lorafleet,unsloth,hf_bnb")
+    parser.add_argument("--variants", default="lorafleet,unsloth,hf_bnb",
+                        help="lorafleet:KEY=VALUE+... runs lorafleet with those train settings as a further variant")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--base", default=None, help=argparse.SUPPRESS)

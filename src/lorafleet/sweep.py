@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -399,8 +400,19 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
         hparams=HParams.from_dict(spec), backend=reported.get("backend"),
         load_in_4bit=bool(reported.get("load_in_4bit", False)),
         metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
-        error=None if error is None else f"{type(error).__name__}: {error}",
+        error=None if error is None else error_text(error),
         checkpoint=checkpoint if finished else None)
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_text(error: BaseException) -> str:
+    """The error a trial raised, not Ray's wrapper of it (whose text is the remote traceback, in colour)."""
+    cause = getattr(error, "cause", None)  # RayTaskError / TuneError carry the trial's own exception
+    if isinstance(cause, BaseException):
+        error = cause
+    return _ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}").strip()
 
 
 def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:

@@ -193,6 +193,7 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing
         lr_scheduler_type="cosine",
         warmup_ratio=train_cfg.warmup_ratio,
         weight_decay=train_cfg.weight_decay,
+        optim=train_cfg.optimizer,
         eval_strategy="steps",
         eval_steps=train_cfg.eval_steps,
         logging_steps=max(1, train_cfg.eval_steps // 4),
@@ -206,6 +207,17 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing
         dataset_num_proc=1,  # a few thousand records: a pool of processes per trial costs more than it saves
         disable_tqdm=True,
     )
+
+
+def _adapter_weights_in_bf16(model) -> None:
+    """Unsloth's trainer casts the trainable (LoRA) weights to bf16 on a process's first trial only (TRL does so for
+    every 4-bit base; Unsloth removes TRL's cast); measured on an H100: a warm worker's later trials kept float32
+    adapters and, with 8-bit AdamW, ended 0.06 apart in lora_B from its first. Cast on every trial."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
 
 
 def _checkpointing(train_cfg: TrainConfig, base_path: str) -> bool | str:
@@ -265,6 +277,8 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
         callbacks=[first_step, *(callbacks or [])])
+    if backend == "unsloth":
+        _adapter_weights_in_bf16(trainer.model)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
     started = time.perf_counter()
     load_seconds = started - load_started  # base model load (first trial of a process) or copy, trainer setup

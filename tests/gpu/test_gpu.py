@@ -103,12 +103,12 @@ def test_auto_backend_on_cuda_is_unsloth_with_a_4bit_base(unsloth_trial):
     assert "schema_pass_rate" in outcome.metrics  # the validation answers came through for_inference
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "measured on an H100 2026-11-25, twice, identically: with the LoRA weights drawn again after the seed the "
-    "second trial's lora_A is within 0.004 of the first's, but its lora_B differs by up to 0.063 after 4 steps "
-    "(eval_loss equal to 4 decimals); not found yet whether Unsloth's first call in a process (its compile "
-    "warm-up) or the kept base causes it. The peft path is the same to 1e-6 (tests/integration/test_warm_workers.py)"))
 def test_a_warm_unsloth_worker_trains_the_same_adapter_from_its_kept_base(unsloth_trials, tmp_path):
+    """Trial 1 of a worker (Unsloth's first call in the process) against trials 2 and 3 (copies of its kept base):
+    each layer's learned update B·A the same within noise. Adam turns any noise in a near-zero gradient into a step
+    of ±lr, so single weights are a poor measure. Measured on an H100 2026-11-25, 4 steps: B·A within 1.1 % (median
+    0.5 %) with fused AdamW (the default); 7.7 % (0.7 %) with 8-bit AdamW, whose quantized second moments amplify
+    that noise; bf16 adapters on the first trial and float32 on the others (fixed) left lora_B 0.06 apart."""
     from safetensors.torch import load_file
 
     _, outcomes = unsloth_trials
@@ -117,15 +117,23 @@ def test_a_warm_unsloth_worker_trains_the_same_adapter_from_its_kept_base(unslot
     for i, outcome in enumerate(outcomes):
         outcome.checkpoint.to_directory(str(tmp_path / f"a{i}"))
         adapters.append(load_file(tmp_path / f"a{i}" / "adapter_model.safetensors"))
-    scale = max(float(t.float().abs().max()) for t in adapters[0].values())
-    for i in (1, 2):  # bf16 kernels on the GPU: equal within float noise, not bit for bit
+    import torch
+
+    assert [{t.dtype for t in a.values()} for a in adapters] == [{torch.bfloat16}] * 3  # the first trial's dtype too
+
+    def update(adapter, a_key):
+        return adapter[a_key.replace("lora_A", "lora_B")].float() @ adapter[a_key].float()
+
+    a_keys = [k for k in adapters[0] if "lora_A" in k]
+    for i in (1, 2):
         assert adapters[i].keys() == adapters[0].keys()
-        worst = {part: max((float((adapters[i][k].float() - adapters[i - 1][k].float()).abs().max())
-                            for k in adapters[0] if part in k), default=0.0) for part in ("lora_A", "lora_B")}
-        print(f"trial {i + 1} vs {i}: largest difference {worst} (largest weight {scale:.3g})")
-        assert max(worst.values()) <= 0.02 * scale
+        relative = [float((update(adapters[i], k) - update(adapters[0], k)).norm() / update(adapters[0], k).norm())
+                    for k in a_keys]
+        print(f"trial {i + 1} vs 1: B·A differs by {max(relative):.4f} at most, {sorted(relative)[len(relative) // 2]:.4f}"
+              " median (relative Frobenius norm)")
+        assert max(relative) < 0.05 and sorted(relative)[len(relative) // 2] < 0.02
     losses = [o.metrics["eval_loss"] for o in outcomes]
-    assert max(losses) - min(losses) < 1e-2 * max(losses), losses
+    assert max(losses) - min(losses) < 1e-3 * max(losses), losses
 
 
 def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):

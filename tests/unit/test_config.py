@@ -333,3 +333,19 @@ def test_a_gguf_file_replaced_at_the_same_path_is_another_base_to_the_sweep(doma
     assert DomainPlan(cfg, prepared).fingerprint == before
     gguf_file.write_bytes(gguf_file.read_bytes() + b"\0" * 32)  # another file, same path
     assert DomainPlan(cfg, prepared).fingerprint != before
+
+
+def test_the_optimizer_is_one_setting_for_every_backend(tmp_path):
+    """Unsloth would pick 8-bit AdamW by itself: what the config says reaches the trainer's arguments."""
+    from pydantic import ValidationError
+
+    from lorafleet.config import TrainConfig
+    from lorafleet.train import HParams, _sft_config
+
+    hp = HParams(lora_rank=8, learning_rate=1e-3, epochs=1)
+    assert TrainConfig().optimizer == "adamw_torch_fused"
+    for optimizer in ("adamw_torch_fused", "adamw_8bit"):
+        args = _sft_config(TrainConfig(optimizer=optimizer), hp, "peft", False, tmp_path)
+        assert args.optim == optimizer
+    with pytest.raises(ValidationError, match="optimizer"):
+        TrainConfig(optimizer="lion")

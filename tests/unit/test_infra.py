@@ -14,3 +14,14 @@ def test_manifests_parse_and_submit_the_nightly_job():
     assert command[:3] == ["ray", "job", "submit"] and "jobs/nightly.py" in command
     profile = command[command.index("--profile") + 1]
     assert (INFRA.parent / profile).is_file()
+
+
+def test_a_failed_trial_is_reported_by_its_own_error_not_by_rays_coloured_traceback():
+    from ray.exceptions import RayTaskError
+
+    from lorafleet.sweep import error_text
+
+    wrapped = RayTaskError("train", "\x1b[36mray::ImplicitFunc.train()\x1b[39m\nTraceback ...\nValueError: boom",
+                           ValueError("boom"))
+    assert error_text(wrapped) == "ValueError: boom"
+    assert error_text(RuntimeError("\x1b[31mCUDA\x1b[0m out of memory")) == "RuntimeError: CUDA out of memory"
