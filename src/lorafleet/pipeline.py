@@ -149,7 +149,7 @@ class Finishing:
         """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended."""
         self.trials[name] = trials
         if not any(t.finished for t in trials):
-            causes = "; ".join(t.error or "no result" for t in trials) or "no trial ran"
+            causes = "; ".join(dict.fromkeys(t.error or "no result" for t in trials)) or "no trial ran"  # each once
             self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials)
             log.error("[%s] every trial failed", name)
             return

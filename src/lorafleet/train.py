@@ -209,6 +209,16 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing
     )
 
 
+def _check_answers_fit(records: int, kept: int, max_seq_length: int) -> None:
+    """TRL drops a record whose answer train.max_seq_length cuts off entirely (its prompt fills the length)."""
+    if kept == 0:
+        raise ValueError(f"every one of the {records} training records' prompts fills train.max_seq_length "
+                         f"({max_seq_length} tokens): no answer token is left to learn; raise train.max_seq_length")
+    if kept < records:
+        log.warning("%d of %d training records lost their whole answer to train.max_seq_length (%d tokens) and are "
+                    "left out of training", records - kept, records, max_seq_length)
+
+
 def _adapter_weights_in_bf16(model) -> None:
     """Unsloth's trainer casts the trainable (LoRA) weights to bf16 on a process's first trial only (TRL does so for
     every 4-bit base; Unsloth removes TRL's cast); measured on an H100: a warm worker's later trials kept float32
@@ -277,6 +287,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
         callbacks=[first_step, *(callbacks or [])])
+    _check_answers_fit(len(train), len(trainer.train_dataset), train_cfg.max_seq_length)
     if backend == "unsloth":
         _adapter_weights_in_bf16(trainer.model)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead

@@ -69,3 +69,12 @@ def _with_negated_initializer(onnx_dir, out_dir, name: str):
     weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), name))
     onnx.save(model, str(out_dir / "model.onnx"))
     return out_dir
+
+
+def test_a_max_seq_length_that_leaves_no_answer_token_is_named(small_base, tmp_path):
+    """Every prompt longer than train.max_seq_length: TRL would drop every record and fail on an empty sampler."""
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {"train": {"max_steps": 2, "eval_steps": 2, "max_seq_length": 17}})
+    data = prepare(cfg)
+    with pytest.raises(ValueError, match=r"every one of the 16 training records.*train.max_seq_length \(17 tokens\)"):
+        train_trial(str(small_base), cfg.train, HParams(lora_rank=4, learning_rate=2e-3, epochs=1),
+                    data.train[:16], data.val[:4], tmp_path / "trial")
