@@ -64,6 +64,10 @@ class TrainConfig(_Strict):
         "auto", description="Recompute activations in the backward pass instead of keeping them: less memory, slower "
         "steps. offload: also copy them to CPU memory (Unsloth's mode; peft recomputes without offloading). auto: off "
         "on CPUs and on a GPU a trial needs under a quarter of without it, offload otherwise.")
+    divergence: float | None = Field(
+        3.0, gt=1, description="Stop a trial whose logged training loss becomes NaN or infinite, or exceeds this many "
+        "times its first logged loss, as failed with that reason; null: never. A diverging cross-entropy climbs "
+        "towards ln(vocabulary size) (6.9 for the tiny model, 10.8 for a 49k vocabulary), not to infinity.")
     optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw_torch_fused", description="The trainer's optimizer on every backend (Unsloth's own default is 8-bit "
         "AdamW: measured on an H100, 0.77x fused AdamW's tokens/s for a 1.5B trial). The 8-bit ones need "

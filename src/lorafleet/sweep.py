@@ -106,7 +106,7 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
     from ray import tune
     from transformers import TrainerCallback
 
-    from lorafleet.train import train_trial
+    from lorafleet.train import TrialDiverged, train_trial
 
     started_at = time.time()
     spec = config["trial"]
@@ -124,9 +124,14 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
                 tune.report({**metrics, "step": state.global_step})
 
     work = Path(tune.get_context().get_trial_dir()) / "work"
-    result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
-                         plan.data.val, work, callbacks=[ReportToTune()],
-                         after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
+    try:
+        result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
+                             plan.data.val, work, callbacks=[ReportToTune()],
+                             after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
+    except TrialDiverged as diverged:  # ends the trial without a checkpoint; not an error Tune would retry
+        log.warning("[%s] %s", label, diverged)
+        tune.report({"diverged": str(diverged), "started_at": started_at})
+        return
     final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
              "history": result.history, "step": result.metrics["steps"], "started_at": started_at}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
@@ -185,6 +190,9 @@ def trial_progress(fingerprints: dict[str, str], total: int):
                 return
             self.done += 1
             result = trial.last_result or {}
+            if result.get("diverged"):
+                log.error("%s STOPPED, %s (%d/%d trials)", describe(trial), result["diverged"], self.done, total)
+                return
             shown = ", ".join(f"{k} {result[k]:.3f}" for k in KEY_TRIAL_METRICS if isinstance(result.get(k), float))
             seconds = time.time() - self.started.get(trial.trial_id, time.time())
             progress.info("%s done in %.0f s: %s (%d/%d trials)", describe(trial), seconds, shown, self.done, total)
@@ -395,12 +403,12 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
              checkpoint) -> TrialOutcome:
     """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
     ended it (None if it completed) and its last checkpoint."""
-    finished = error is None and checkpoint is not None
+    finished = error is None and checkpoint is not None and "diverged" not in reported
     return TrialOutcome(
         hparams=HParams.from_dict(spec), backend=reported.get("backend"),
         load_in_4bit=bool(reported.get("load_in_4bit", False)),
         metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
-        error=None if error is None else error_text(error),
+        error=error_text(error) if error is not None else reported.get("diverged"),
         checkpoint=checkpoint if finished else None)
 
 

@@ -243,6 +243,36 @@ def _checkpointing(train_cfg: TrainConfig, base_path: str) -> bool | str:
     return checkpointing_mode(train_cfg, model_config, on_cuda, gpu_total)
 
 
+class TrialDiverged(RuntimeError):
+    """A trial stopped by train.divergence; its message is the trial's error in summary.json and the report."""
+
+
+def _divergence_guard(factor: float | None):
+    """A trainer callback stopping training at the first logged loss that is NaN/inf or above ``factor`` × the
+    first logged loss; ``reason`` says which (None while training is sound)."""
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        first: float | None = None
+        reason: str | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None or factor is None:
+                return
+            if self.first is None and math.isfinite(loss):
+                self.first = loss
+            if not math.isfinite(loss):
+                self.reason = f"training loss became {loss} at step {state.global_step}"
+            elif self.first is not None and loss > factor * self.first:
+                self.reason = (f"training loss {loss:.4g} at step {state.global_step} exceeds train.divergence "
+                               f"({factor:g}) x its first logged loss {self.first:.4g}")
+            if self.reason:
+                control.should_training_stop = True
+
+    return DivergenceGuard()
+
+
 def _first_step_clock(since: float):
     """A trainer callback timing ``since`` (the trial's start) to the end of its first optimizer step: the fixed
     cost a trial pays before it trains."""
@@ -281,12 +311,13 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
     model_ready = time.perf_counter()
     first_step = _first_step_clock(load_started)
+    divergence = _divergence_guard(train_cfg.divergence)
     trainer = SFTTrainer(
         model=model, args=_sft_config(train_cfg, hp, backend, checkpointing, out_dir / "trainer"),
         processing_class=tokenizer, peft_config=peft_config,
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
-        callbacks=[first_step, *(callbacks or [])])
+        callbacks=[first_step, divergence, *(callbacks or [])])
     _check_answers_fit(len(train), len(trainer.train_dataset), train_cfg.max_seq_length)
     if backend == "unsloth":
         _adapter_weights_in_bf16(trainer.model)
@@ -296,6 +327,10 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     log.info("trial %s: base and LoRA ready in %.1f s (checkpointing %s), trainer in %.1f s", hp.label,
              model_ready - load_started, checkpointing, started - model_ready)
     trainer.train()
+    if divergence.reason:
+        del trainer, model
+        _free_memory()
+        raise TrialDiverged(f"diverged: {divergence.reason}")
     final = trainer.evaluate()
     seconds = time.perf_counter() - started
     extra: dict[str, float] = {}
