@@ -80,7 +80,7 @@ def worker_hf_bnb(base: str, steps: int, batch: int) -> list[float]:
     return _loop(model, steps, model.config.vocab_size, batch)
 
 
-def worker_lorafleet(base: str, steps: int, batch: int, **train_settings: str) -> list[float]:
+def worker_lorafleet(base: str, steps: int, batch: int, **train_settings) -> list[float]:
     import random
 
     import torch
@@ -124,8 +124,10 @@ WORKERS = {"lorafleet": worker_lorafleet, "unsloth": worker_unsloth_bare, "hf_bn
 def run_worker(variant: str, base: str, steps: int, batch: int) -> None:
     import torch
 
+    from lorafleet.config import parse_overrides
+
     name, _, settings = variant.partition(":")  # e.g. lorafleet:optimizer=adamw_torch_fused+gradient_checkpointing=offload
-    times = WORKERS[name](base, steps, batch, **dict(kv.split("=", 1) for kv in settings.split("+") if kv))
+    times = WORKERS[name](base, steps, batch, **parse_overrides([kv for kv in settings.split("+") if kv]))
     measured = times[3:] if len(times) > 4 else times
     print("RESULT " + json.dumps({
         "variant": variant, "steps": len(times), "step_seconds": sum(measured) / len(measured),

@@ -137,15 +137,12 @@ def check_gguf(path: Path) -> str:
     return architecture
 
 
-def gguf_sha256(gguf_file: Path) -> str:
-    with open(gguf_file, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def ensure_gguf_base(gguf_file: Path, root: Path | None = None) -> Path:
     """The GGUF model as a transformers folder (safetensors, config, tokenizer with its chat template), dequantized
     once into the cache under the file's sha256; safe to call from many processes."""
-    digest = gguf_sha256(gguf_file)
+    from lorafleet.lineage import sha256_file  # lineage imports this module
+
+    digest = sha256_file(gguf_file)
     return _build_once(Path(root or cache_root()), f"gguf-{digest[:16]}",
                        lambda out: build_gguf_base(gguf_file, digest, out))
 

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet import publish
-from lorafleet.base_model import GGUF_PREFIX, gguf_sha256
+from lorafleet.base_model import GGUF_PREFIX
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
+from lorafleet.lineage import sha256_file
 from lorafleet.results import TrialOutcome
 from lorafleet.train import HParams
 
@@ -74,7 +75,7 @@ class DomainPlan:
                   "train": c.train.model_dump(mode="json"), "sweep": c.sweep.model_dump(mode="json"),
                   "eval": c.eval.model_dump(mode="json")}
         if c.base_model.startswith(GGUF_PREFIX):  # a file replaced at the same path is another base
-            inputs["base_weights"] = gguf_sha256(Path(c.base_model_ref[len(GGUF_PREFIX):]))
+            inputs["base_weights"] = sha256_file(Path(c.base_model_ref[len(GGUF_PREFIX):]))
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
