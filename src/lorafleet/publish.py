@@ -400,6 +400,14 @@ def verify(uri: str) -> list[str]:
     return problems
 
 
+def latest_manifest(storage: Storage, domain: str) -> dict[str, Any] | None:
+    """The manifest of the domain's latest published run (``latest.json`` -> ``manifest.json``), with its
+    lineage; None if the domain was never promoted."""
+    if not storage.exists(latest_key(domain)):
+        return None
+    return storage.read_json(storage.read_json(latest_key(domain))["manifest"])
+
+
 def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = None,
           artifact: str = "onnx") -> Path:
     """Download one artifact folder of a domain (default: the ONNX model of ``latest``), verifying each

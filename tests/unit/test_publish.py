@@ -55,6 +55,16 @@ def test_promote_never_moves_the_pointer_back(tmp_path, monkeypatch):
     assert storage.read_json(publish.latest_key("contracts"))["run_id"] == "run-a"
 
 
+def test_latest_manifest_follows_the_pointer(tmp_path):
+    storage = Storage(str(tmp_path / "store"))
+    assert publish.latest_manifest(storage, "contracts") is None
+    publish_domain(storage, "run1", "contracts", _artifacts(tmp_path), extra={"lineage": {"dataset_version": "d1"}})
+    assert publish.latest_manifest(storage, "contracts") is None  # published, never promoted
+    publish.promote(storage, "run1", "contracts")
+    manifest = publish.latest_manifest(storage, "contracts")
+    assert manifest["run_id"] == "run1" and manifest["lineage"] == {"dataset_version": "d1"}
+
+
 @pytest.mark.parametrize("run_id,domain", [("run1", "../x"), ("run1", "a/b"), ("run1", ""), ("../r", "ok"),
                                            ("run1", "a\x00b")])
 def test_unsafe_names_never_become_keys(run_id, domain):
