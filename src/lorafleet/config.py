@@ -68,6 +68,16 @@ class TrainConfig(_Strict):
         3.0, gt=1, description="Stop a trial whose logged training loss becomes NaN or infinite, or exceeds this many "
         "times its first logged loss, as failed with that reason; null: never. A diverging cross-entropy climbs "
         "towards ln(vocabulary size) (6.9 for the tiny model, 10.8 for a 49k vocabulary), not to infinity.")
+    checkpoint_steps: int | None = Field(
+        50, gt=0, description="Every N optimizer steps (and at the end) a trial's adapter, optimizer, scheduler, RNG "
+        "states and data position go to the run's storage: a trial whose worker or node is lost resumes there, on "
+        "any node, losing at most N steps. null: only the final adapter.")
+    max_failures: int = Field(
+        2, ge=0, description="Times a trial is restarted (from its last checkpoint) after its worker or node was lost "
+        "or it raised (Tune's FailureConfig; the largest value among a sweep's domains applies to the sweep).")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Stop a trial still training after this many minutes (of one attempt) as failed with "
+        "that reason, checked after every optimizer step; null: no limit.")
     optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw_torch_fused", description="The trainer's optimizer on every backend (Unsloth's own default is 8-bit "
         "AdamW: measured on an H100, 0.77x fused AdamW's tokens/s for a 1.5B trial). The 8-bit ones need "

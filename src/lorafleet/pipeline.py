@@ -42,6 +42,7 @@ class RunOptions:
     run_id: str
     work_dir: Path
     verbose: bool = False
+    tune_callbacks: tuple = ()  # more Tune callbacks for the sweep (e.g. a team's experiment tracker)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def run(opts: RunOptions) -> RunSummary:
     if plans:
         ensure_base_models(plans)
         finishing = Finishing(plans, FinishContext(opts.run_id, opts.storage, opts.work_dir, lineage.git_commit()))
-        sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose, on_domain_trained=finishing.start)
+        sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose, callbacks=list(opts.tune_callbacks),
+                        on_domain_trained=finishing.start)
         results |= finishing.results()
     promote_passed(storage, opts.run_id, results)
     return write_run_summary(storage, opts.run_id, results, time.time() - started)

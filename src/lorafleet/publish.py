@@ -317,6 +317,16 @@ def read_sweep_records(storage: Storage, run_id: str) -> dict[str, dict[str, str
     return records
 
 
+def record_trial_start(storage: Storage, run_id: str, experiment: str, trial_id: str, step: int) -> list[int]:
+    """Add one start of a trial (at the checkpoint ``step``; 0 from scratch) to its record beside the run's Tune
+    experiment, whichever node it runs on; the steps of every start so far, the first one first. One attempt of a
+    trial runs at a time, so a plain rewrite cannot lose another's start."""
+    key = f"{run_prefix(run_id)}/tune/{_check_name('sweep', experiment)}.starts/{_check_name('trial', trial_id)}.json"
+    starts = [*(storage.read_json(key) if storage.exists(key) else []), step]
+    storage.write_json(key, starts)
+    return starts
+
+
 def summary_url(storage: Storage, run_id: str) -> str:
     return storage.url(f"{run_prefix(run_id)}/summary.json")
 

@@ -164,14 +164,24 @@ def _trial_blocks(report: DomainReport) -> list[tuple]:
     trials = report.result.trials
     hkeys = list(asdict(trials[0].hparams))
     mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics))
+    restarted = any(t.restarts for t in trials)  # the column only when a worker, node or driver was lost
     rows = [[str(i), *(_hp(getattr(t.hparams, k)) for k in hkeys), t.backend or "—",
-             *(_num(t.metrics.get(k)) for k in mkeys), "★" if i == report.winner else "", t.error or ""]
+             *(_num(t.metrics.get(k)) for k in mkeys), *([_restarts(t)] if restarted else []),
+             "★" if i == report.winner else "", t.error or ""]
             for i, t in enumerate(trials)]
-    blocks = [("h", 2, "Sweep"), ("table", "trials", ["#", *hkeys, "backend", *mkeys, "winner", "error"], rows,
+    header = ["#", *hkeys, "backend", *mkeys, *(["restarts"] if restarted else []), "winner", "error"]
+    blocks = [("h", 2, "Sweep"), ("table", "trials", header, rows,
                                  ["winner" if i == report.winner else "" for i in range(len(trials))])]
     if sel := report.selection:
         blocks.append(("p", f"Selection rule: {', '.join(sel.rule)}. {'; '.join(sel.notes)}"))
     return [*blocks, ("plots", report)]
+
+
+def _restarts(trial: TrialOutcome) -> str:
+    """``1 (from step 6)``: how often a trial started again, and the checkpoint step each restart went on from."""
+    if not trial.restarts:
+        return "0"
+    return f"{trial.restarts} (from step {', '.join(str(s) for s in trial.resumed_from)})"
 
 
 def _onnx_parity_blocks(drift: Drift) -> list[tuple]:

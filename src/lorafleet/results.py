@@ -27,6 +27,8 @@ class TrialOutcome(BaseModel):
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
     error: str | None = None
+    restarts: int = Field(0, description="Times the trial started again after a lost worker, node or driver.")
+    resumed_from: list[int] = Field([], description="The checkpoint step each restart went on from (0: none yet).")
     checkpoint: Any = Field(None, exclude=True)  # ray.tune.Checkpoint of the adapter, in the run's storage
 
     @property

@@ -25,8 +25,11 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
 from lorafleet.lineage import sha256_file
 from lorafleet.results import TrialOutcome
-from lorafleet.train import HParams
+from lorafleet.train import TRIAL_RECORD, HParams
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +104,11 @@ def trial_hparams(cfg: DomainConfig) -> list[HParams]:
     return [HParams.from_dict(dict(zip(SPACE_KEYS, combo))) for combo in combos]
 
 
-def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
-    """One trial, in its own Ray worker process. A leftover trial of a restored experiment whose domain is
-    not (or no longer in the same form) part of this sweep returns at once."""
+def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan], storage_uri: str, run_id: str) -> None:
+    """One trial, in its own Ray worker process; an attempt after a lost worker, node or driver goes on from the
+    trial's last checkpoint. A leftover trial of a restored experiment whose domain is not (or no longer in the same
+    form) part of this sweep returns at once."""
     from ray import tune
-    from transformers import TrainerCallback
-
-    from lorafleet.train import TrialDiverged, train_trial
 
     started_at = time.time()
     spec = config["trial"]
@@ -116,26 +117,74 @@ def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan]) -> None:
         tune.report({"skipped": 1.0})
         return
     label = _trial_label(spec)
+    # scratch outside Tune's trial folder, which Tune copies to the run's storage as the experiment's state (and
+    # would copy Trainer checkpoints from while the Trainer rotates them); what is kept goes up as a checkpoint
+    with tempfile.TemporaryDirectory(prefix="lorafleet-trial-") as work:
+        _run_trial(plan, spec, label, Path(work), storage_uri, run_id, started_at)
+
+
+def _run_trial(plan: DomainPlan, spec: dict[str, Any], label: str, work: Path, storage_uri: str, run_id: str,
+               started_at: float) -> None:
+    from ray import tune
+    from transformers import TrainerCallback
+
+    from lorafleet.train import TrialStopped, train_trial
+
+    resume_from, done = _last_checkpoint(work)
+    if done is not None:  # ended in an earlier attempt whose driver was lost before Tune recorded it
+        tune.report({**done, "started_at": started_at}, checkpoint=tune.get_checkpoint())
+        return
+    starts = publish.record_trial_start(publish.Storage(storage_uri), run_id, tune.get_context().get_experiment_name(),
+                                        tune.get_context().get_trial_id(), _checkpoint_step(resume_from))
+    restarts = {"restarts": len(starts) - 1, "resumed_from": starts[1:]}
+    if resume_from is not None:
+        log.warning("[%s] restart %d: resuming from its checkpoint at step %d", label, len(starts) - 1, starts[-1])
 
     class ReportToTune(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics:
                 log.info("[%s] step %d/%d eval_loss %.4f", label, state.global_step, state.max_steps,
                          metrics.get("eval_loss", float("nan")))
-                tune.report({**metrics, "step": state.global_step})
+                tune.report({**metrics, "step": state.global_step, **restarts})
 
-    work = Path(tune.get_context().get_trial_dir()) / "work"
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # the Trainer's own checkpoint
+            tune.report({"step": state.global_step, "checkpoint_step": state.global_step, **restarts},
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
     try:
         result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
-                             plan.data.val, work, callbacks=[ReportToTune()],
+                             plan.data.val, work, callbacks=[ReportToTune()], resume_from=resume_from,
                              after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
-    except TrialDiverged as diverged:  # ends the trial without a checkpoint; not an error Tune would retry
-        log.warning("[%s] %s", label, diverged)
-        tune.report({"diverged": str(diverged), "started_at": started_at})
+    except TrialStopped as stopped:  # ends the trial as failed with its reason; not an error Tune would retry
+        log.warning("[%s] %s", label, stopped)
+        tune.report({"stopped": str(stopped), "started_at": started_at, **restarts})
         return
     final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
-             "history": result.history, "step": result.metrics["steps"], "started_at": started_at}
+             "history": result.history, "step": result.metrics["steps"], "started_at": started_at, **restarts}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
+
+
+def _last_checkpoint(work: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The trial's last checkpoint, fetched from the run's storage into ``work``: (a Trainer checkpoint to resume
+    from, None), (None, the final report) when it is the trained adapter, or (None, None) for a first attempt."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, None
+    folder = work / "resume"
+    shutil.rmtree(folder, ignore_errors=True)
+    checkpoint.to_directory(str(folder))
+    if (folder / TRIAL_RECORD).is_file():
+        record = json.loads((folder / TRIAL_RECORD).read_text())
+        return None, {**record["metrics"], "backend": record["backend"], "load_in_4bit": record["load_in_4bit"]}
+    return folder, None
+
+
+def _checkpoint_step(folder: Path | None) -> int:
+    """The optimizer step a Trainer checkpoint was saved at (0: no checkpoint, a start from scratch)."""
+    return json.loads((folder / "trainer_state.json").read_text())["global_step"] if folder else 0
 
 
 def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[str, float]:
@@ -191,12 +240,17 @@ def trial_progress(fingerprints: dict[str, str], total: int):
                 return
             self.done += 1
             result = trial.last_result or {}
-            if result.get("diverged"):
-                log.error("%s STOPPED, %s (%d/%d trials)", describe(trial), result["diverged"], self.done, total)
+            if result.get("stopped"):
+                log.error("%s STOPPED, %s (%d/%d trials)", describe(trial), result["stopped"], self.done, total)
                 return
             shown = ", ".join(f"{k} {result[k]:.3f}" for k in KEY_TRIAL_METRICS if isinstance(result.get(k), float))
             seconds = time.time() - self.started.get(trial.trial_id, time.time())
             progress.info("%s done in %.0f s: %s (%d/%d trials)", describe(trial), seconds, shown, self.done, total)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            if ours(trial):
+                log.warning("%s lost its worker or failed; restarting it from its last checkpoint (failure %d)",
+                            describe(trial), trial.num_failures)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if ours(trial):
@@ -291,6 +345,10 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
     """Train every domain's trials (resuming an earlier attempt of the run); the outcomes by domain. Each
     domain's outcomes also go to ``on_domain_trained`` once, as soon as its trials ended."""
     keep_credentials_out_of_trial_runtime_envs()
+    # Tune snapshots the experiment state each time it drops a trial's older checkpoint (num_to_keep=1): what lets a
+    # rerun after a lost driver resume each trial from its newest checkpoint. Its warning that snapshots come seconds
+    # apart (with checkpoints seconds apart) is not a problem of ours
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     gpu_shares = trial_gpu_shares(plans)
     announced: set[str] = set()
 
@@ -339,7 +397,8 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
         return PlacementGroupFactory([{"CPU": cpu, "GPU": gpu_shares.get(domain, 0)}])
 
     tune_path, tune_fs = storage.tune_location(run_id)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, plans=plans, storage_uri=storage.uri, run_id=run_id), resources)
     callbacks = [trial_progress({d: p.fingerprint for d, p in plans.items()}, len(specs)), *callbacks]
     if experiment.restore:
         progress.info("sweep: resuming the interrupted sweep %s for %s", experiment.name, ", ".join(plans))
@@ -362,7 +421,10 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=experiment.name, storage_path=tune_path, storage_filesystem=tune_fs,
                                       verbose=1 if verbose else 0, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
+                                      # trials restart from their last checkpoint; only the newest is kept
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=max(p.cfg.train.max_failures for p in plans.values())),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     with library_prints_to_log():
         grid = tuner.fit()
@@ -404,12 +466,13 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
              checkpoint) -> TrialOutcome:
     """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
     ended it (None if it completed) and its last checkpoint."""
-    finished = error is None and checkpoint is not None and "diverged" not in reported
+    finished = error is None and checkpoint is not None and "stopped" not in reported
     return TrialOutcome(
         hparams=HParams.from_dict(spec), backend=reported.get("backend"),
         load_in_4bit=bool(reported.get("load_in_4bit", False)),
         metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
-        error=error_text(error) if error is not None else reported.get("diverged"),
+        error=error_text(error) if error is not None else reported.get("stopped"),
+        restarts=int(reported.get("restarts", 0)), resumed_from=reported.get("resumed_from", []),
         checkpoint=checkpoint if finished else None)
 
 
@@ -426,7 +489,8 @@ def error_text(error: BaseException) -> str:
 
 def _trial_metrics(reported: dict[str, Any]) -> dict[str, float]:
     """The trial's own numbers from its last Tune result, without Tune's bookkeeping."""
-    bookkeeping = ("time_", "timestamp", "started_at", "pid", "hostname", "node_ip", "date", "trial_id", "experiment_tag",
+    bookkeeping = ("time_", "timestamp", "started_at", "restarts", "checkpoint_step", "pid", "hostname", "node_ip",
+                   "date", "trial_id", "experiment_tag",
                    "iterations_since_restore", "training_iteration", "done", "checkpoint_dir_name",
                    "should_checkpoint")
     return {k: float(v) for k, v in reported.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

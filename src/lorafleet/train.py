@@ -32,6 +32,8 @@ from lorafleet.data import Example
 
 log = logging.getLogger(__name__)
 
+TRIAL_RECORD = "lorafleet_trial.json"  # beside a trained adapter: what produced it
+
 # this process's loaded base: (what was loaded, (model, tokenizer)); one at a time, replaced when a trial of
 # another base (or backend, precision, sequence length) comes
 _loaded_base: tuple[tuple, tuple[Any, Any]] | None = None
@@ -171,16 +173,19 @@ def _save_adapter(model, tokenizer, adapter_dir: Path, record: dict[str, Any]) -
     """The adapter and tokenizer, with what produced them beside (lorafleet_trial.json)."""
     model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
-    (adapter_dir / "lorafleet_trial.json").write_text(json.dumps(record, indent=2))
+    (adapter_dir / TRIAL_RECORD).write_text(json.dumps(record, indent=2))
     return adapter_dir
 
 
 def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing: bool | str, output_dir: Path):
-    """The stock TRL arguments of one trial: evaluation every ``eval_steps`` (what Tune hears), no saving
-    (the adapter is saved once, at the end), no console progress."""
+    """The stock TRL arguments of one trial: evaluation every ``eval_steps`` (what Tune hears), a resumable
+    checkpoint (``output_dir/checkpoint-<step>``: adapter, optimizer, scheduler, RNG states, trainer state) every
+    ``checkpoint_steps`` and at the end, only the newest kept; no console progress."""
     from trl import SFTConfig
 
     on_cuda = cuda_available()
+    every = train_cfg.checkpoint_steps
+    saving = {"save_strategy": "steps", "save_steps": every, "save_total_limit": 1} if every else {"save_strategy": "no"}
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=train_cfg.batch_size,
@@ -197,7 +202,7 @@ def _sft_config(train_cfg: TrainConfig, hp: HParams, backend: str, checkpointing
         eval_strategy="steps",
         eval_steps=train_cfg.eval_steps,
         logging_steps=max(1, train_cfg.eval_steps // 4),
-        save_strategy="no",
+        **saving,
         report_to=[],
         seed=train_cfg.seed,
         use_cpu=not on_cuda,
@@ -243,8 +248,9 @@ def _checkpointing(train_cfg: TrainConfig, base_path: str) -> bool | str:
     return checkpointing_mode(train_cfg, model_config, on_cuda, gpu_total)
 
 
-class TrialDiverged(RuntimeError):
-    """A trial stopped by train.divergence; its message is the trial's error in summary.json and the report."""
+class TrialStopped(RuntimeError):
+    """A trial stopped by a guard (train.divergence, train.timeout_minutes); its message is the trial's error in
+    summary.json and the report."""
 
 
 def _divergence_guard(factor: float | None):
@@ -255,6 +261,10 @@ def _divergence_guard(factor: float | None):
     class DivergenceGuard(TrainerCallback):
         first: float | None = None
         reason: str | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a resumed trial compares with the first loss its earlier attempt logged (restored with the trainer state)
+            self.first = next((row["loss"] for row in state.log_history if "loss" in row), None)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -268,9 +278,27 @@ def _divergence_guard(factor: float | None):
                 self.reason = (f"training loss {loss:.4g} at step {state.global_step} exceeds train.divergence "
                                f"({factor:g}) x its first logged loss {self.first:.4g}")
             if self.reason:
+                self.reason = f"diverged: {self.reason}"
                 control.should_training_stop = True
 
     return DivergenceGuard()
+
+
+def _timeout_guard(minutes: float | None, since: float):
+    """A trainer callback stopping training after the first optimizer step that ends ``minutes`` after ``since``
+    (the attempt's start)."""
+    from transformers import TrainerCallback
+
+    class TimeoutGuard(TrainerCallback):
+        reason: str | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if minutes is not None and time.perf_counter() - since > minutes * 60:
+                self.reason = f"timed out: still training after train.timeout_minutes ({minutes:g}) at step " \
+                              f"{state.global_step} of {state.max_steps}"
+                control.should_training_stop = True
+
+    return TimeoutGuard()
 
 
 def _first_step_clock(since: float):
@@ -288,11 +316,41 @@ def _first_step_clock(since: float):
     return FirstStepClock()
 
 
+OOM_RETRIES = 2  # halvings of the micro-batch before a trial that runs out of GPU memory gives up
+
+
 def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
                 val: list[Example], out_dir: str | Path, callbacks: list | None = None,
-                after_training: Callable[[Any, Any], dict[str, float]] | None = None) -> TrialResult:
+                after_training: Callable[[Any, Any], dict[str, float]] | None = None,
+                resume_from: str | Path | None = None) -> TrialResult:
     """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
-    ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality)."""
+    ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality);
+    ``resume_from``: a checkpoint folder of an earlier attempt of this trial, to go on from.
+
+    A trial that runs out of GPU memory is tried again with half the micro-batch and twice the accumulation (the
+    same effective batch), at most ``OOM_RETRIES`` times; ``metrics["oom_retries"]`` counts them."""
+    import torch
+
+    retries = 0
+    while True:
+        try:
+            result = _train_once(base_model, train_cfg, hp, train, val, out_dir, callbacks, after_training, resume_from)
+            result.metrics.update(oom_retries=retries, micro_batch=train_cfg.batch_size)
+            return result
+        except torch.OutOfMemoryError:
+            if retries == OOM_RETRIES or train_cfg.batch_size == 1:
+                raise
+            retries += 1
+            smaller = train_cfg.model_copy(update={"batch_size": train_cfg.batch_size // 2,
+                                                   "grad_accum": train_cfg.grad_accum * 2})
+            log.warning("trial %s: out of GPU memory with micro-batch %d; again with %d x %d accumulation", hp.label,
+                        train_cfg.batch_size, smaller.batch_size, smaller.grad_accum)
+            train_cfg = smaller
+
+
+def _train_once(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example], val: list[Example],
+                out_dir: str | Path, callbacks: list | None, after_training: Callable[[Any, Any], dict[str, float]] | None,
+                resume_from: str | Path | None) -> TrialResult:
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -311,26 +369,31 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
     model_ready = time.perf_counter()
     first_step = _first_step_clock(load_started)
-    divergence = _divergence_guard(train_cfg.divergence)
+    guards = [_divergence_guard(train_cfg.divergence), _timeout_guard(train_cfg.timeout_minutes, load_started)]
     trainer = SFTTrainer(
         model=model, args=_sft_config(train_cfg, hp, backend, checkpointing, out_dir / "trainer"),
         processing_class=tokenizer, peft_config=peft_config,
         train_dataset=Dataset.from_list([e.as_trl() for e in train]),
         eval_dataset=Dataset.from_list([e.as_trl() for e in val]),
-        callbacks=[first_step, divergence, *(callbacks or [])])
+        callbacks=[first_step, *guards, *(callbacks or [])])
     _check_answers_fit(len(train), len(trainer.train_dataset), train_cfg.max_seq_length)
     if backend == "unsloth":
         _adapter_weights_in_bf16(trainer.model)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; progress goes to Tune/callbacks instead
     started = time.perf_counter()
     load_seconds = started - load_started  # base model load (first trial of a process) or copy, trainer setup
-    log.info("trial %s: base and LoRA ready in %.1f s (checkpointing %s), trainer in %.1f s", hp.label,
-             model_ready - load_started, checkpointing, started - model_ready)
-    trainer.train()
-    if divergence.reason:
-        del trainer, model
+    log.info("trial %s: base and LoRA ready in %.1f s (checkpointing %s), trainer in %.1f s%s", hp.label,
+             model_ready - load_started, checkpointing, started - model_ready,
+             f"; resuming from {resume_from}" if resume_from else "")
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        stopped = next((guard.reason for guard in guards if guard.reason), None)
+        if stopped:
+            raise TrialStopped(stopped)
+    except BaseException:
+        del trainer, model  # a retry (or the worker's next trial) must find the memory free
         _free_memory()
-        raise TrialDiverged(f"diverged: {divergence.reason}")
+        raise
     final = trainer.evaluate()
     seconds = time.perf_counter() - started
     extra: dict[str, float] = {}

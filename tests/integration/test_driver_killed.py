@@ -25,14 +25,15 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def _args(tmp_path, base) -> list[str]:
+def _args(tmp_path, base, *more_sets: str) -> list[str]:
     config_dir = tmp_path / "domains"
     config_dir.mkdir(exist_ok=True)
     shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
     shutil.copytree(DOMAINS_DIR / "medical", config_dir / "medical", dirs_exist_ok=True)
     sets = [f"base_model={base}", "train.max_steps=6", "train.eval_steps=3", "eval.max_examples=3",
             "eval.max_new_tokens=16", *OPEN_GATE,
-            "sweep.resources_per_trial.cpu=2"]  # one trial at a time: a kill after the first finds the second running
+            "sweep.resources_per_trial.cpu=2",  # one trial at a time: a kill after the first finds the second running
+            *more_sets]
     return ["run", "--config-dir", str(config_dir), "--storage", str(tmp_path / "store"), "--run-id", "night",
             "--work-dir", str(tmp_path / "work"), *[a for s in sets for a in ("--set", s)]]
 
@@ -102,3 +103,35 @@ def test_rerun_after_the_driver_is_killed_finishes_the_run_exactly_once(kill_poi
     again = subprocess.run([sys.executable, "-m", "lorafleet", *args], env=_env(tmp_path), capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and storage.read_json("runs/night/medical/manifest.json") == manifest
+
+
+def _checkpoint_in_tune_state(store, run_id: str) -> bool:
+    """Whether a trial has a Trainer checkpoint (not its final adapter) in the run's storage that Tune's saved
+    experiment state names (what a rerun restores the trial from)."""
+    experiment = store / "runs" / run_id / "tune" / "sweep-1"
+    names = {p.parent.name for p in experiment.glob("*/checkpoint_*/trainer_state.json")}
+    states = "".join(p.read_text() for p in experiment.glob("experiment_state-*.json"))
+    return any(name in states for name in names)
+
+
+def test_a_half_done_trial_resumes_from_its_checkpoint_after_the_driver_is_killed(small_base, tmp_path):
+    args = _args(tmp_path, small_base, "train.max_steps=16", "train.eval_steps=8", "train.checkpoint_steps=2",
+                 "sweep.space.lora_rank=[4]")
+    store = tmp_path / "store"
+    log = tmp_path / "attempt1.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lorafleet", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=_env(tmp_path), start_new_session=True)
+        deadline = time.time() + 600
+        while not _checkpoint_in_tune_state(store, "night") and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _reap(proc)
+    assert _checkpoint_in_tune_state(store, "night") and proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+
+    rerun = subprocess.run([sys.executable, "-m", "lorafleet", *args], env=_env(tmp_path), capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    trial, = publish.Storage(str(store)).read_json("runs/night/summary.json")["domains"]["medical"]["trials"]
+    assert trial["restarts"] == 1 and 0 < trial["resumed_from"][0] < 16, trial

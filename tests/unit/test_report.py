@@ -116,3 +116,13 @@ def test_finishing_time_is_one_row_of_the_phases_recorded():
     assert "<th>merge</th>" in table and f"<td>{timings.onnx_export:.1f}</td>" in table
     assert "<th>onnx parity eval</th>" in table and "<th>publish</th>" not in table  # publish had not ended
     assert "## Finishing time" in render_markdown(report)
+
+
+def test_restarts_column_shows_only_when_a_trial_restarted():
+    report = sample_report()
+    assert "restarts" not in render_markdown(report)
+    trials = list(report.result.trials)
+    trials[0] = trials[0].model_copy(update={"restarts": 2, "resumed_from": [6, 12]})
+    report = report.model_copy(update={"result": report.result.model_copy(update={"trials": trials})})
+    md = render_markdown(report)
+    assert "| restarts |" in md and "| 2 (from step 6, 12) |" in md and "| 0 |" in md
