@@ -65,9 +65,9 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", tr
     if dtype == "fp16" and not torch.cuda.is_available():
         raise RuntimeError("export.dtype: fp16 needs a CUDA GPU where the domain is finished (Optimum exports "
                            "fp16 on CUDA only); use fp32, or give the finishing task a GPU (eval.resources.gpu)")
+    require_safetensors(merged_dir)
     from optimum.exporters.onnx import main_export
 
-    require_safetensors(merged_dir)
     with warnings.catch_warnings():  # the tracer warns on every data-dependent branch; parity is checked below
         warnings.simplefilter("ignore")
         main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past",
