@@ -14,17 +14,16 @@ from lorafleet.config import Resources
 LOOPBACK = "127.0.0.1"
 
 
-def connect(address: str | None, **options: Any) -> None:
-    """``ray.init``: join the cluster at ``address`` (``auto``: the one on this machine, or RAY_ADDRESS), or without
-    one start a single-machine Ray whose servers (GCS, raylet, agents, workers, the dashboard if enabled) listen on
-    127.0.0.1 only, not on every interface of the machine."""
+def connect(address: str | None, **options: Any):
+    """``ray.init`` (its context returned): join the cluster at ``address`` (``auto``: the one on this machine), or
+    RAY_ADDRESS's, or without either start a single-machine Ray whose servers (GCS, raylet, agents, workers, the
+    dashboard if enabled) listen on 127.0.0.1 only, not on every interface of the machine."""
     import ray
 
     if address is not None or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **options)
-        return
+        return ray.init(address=address, **options)
     with _loopback_node():
-        ray.init(dashboard_host=LOOPBACK, **options)
+        return ray.init(dashboard_host=LOOPBACK, **options)
 
 
 @contextlib.contextmanager
