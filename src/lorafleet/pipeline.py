@@ -403,8 +403,9 @@ def changes_since_last_publication(storage: publish.Storage, run_id: str, result
         try:
             current = lineage.Lineage.model_validate(publish.read_manifest(storage, run_id, name)["lineage"])
             previous = lineage.Lineage.model_validate(latest["lineage"]) if latest else None
-        except (KeyError, ValidationError) as exc:  # a manifest from a lorafleet that recorded less
-            log.warning("[%s] notify: not compared with run %s: %s", name, latest and latest["run_id"], exc)
+        except (KeyError, ValidationError) as exc:  # a manifest written by a lorafleet that recorded less
+            log.warning("[%s] notify: what changed since run %s is left out: its lineage is in an older form (%s)",
+                        name, latest["run_id"] if latest else "-", type(exc).__name__)
             continue
         changes[name] = notify.what_changed(previous, current)
     return changes

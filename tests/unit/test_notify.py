@@ -144,3 +144,34 @@ def test_the_runs_notify_step_sends_one_message_per_webhook_and_never_fails(webh
     assert names == ["broken", "contracts", "steady"]  # broken and steady: no config loaded for them here
     assert "changes: first publication" in _texts(message)[2]
     assert "TEAM_B_WEBHOOK" in caplog.text and WEBHOOK_CANARY not in caplog.text
+
+
+def test_what_changed_is_read_for_each_told_domain_this_run_published(tmp_path, caplog):
+    """pipeline.changes_since_last_publication on a storage holding this run's manifests and earlier ones."""
+    from lorafleet import publish
+
+    storage = publish.Storage(str(tmp_path / "store"))
+    record = sample_report().lineage.model_dump(mode="json")
+
+    def publish_manifest(run_id: str, domain: str, **extra) -> None:
+        key = f"{publish.domain_prefix(run_id, domain)}/{publish.MANIFEST}"
+        storage.write_json(key, {"run_id": run_id, "domain": domain, "published_at": "2026-01-01T00:00:00+00:00",
+                                 "objects": [], **extra})
+        if run_id != "now":
+            storage.write_json(publish.latest_key(domain), {"domain": domain, "run_id": run_id, "manifest": key})
+
+    for domain in ("first", "older", "again", "quiet"):
+        publish_manifest("now", domain, lineage=record)
+    publish_manifest("before", "older")  # a manifest without lineage
+    storage.write_json(publish.latest_key("again"), {"domain": "again", "run_id": "now",
+                                                     "manifest": "runs/now/again/manifest.json"})  # an earlier attempt
+    told = {"notify": {"webhook_env": WEBHOOK_ENV}}
+    configs = {name: load_domain(DOMAINS_DIR / "contracts.yaml", {**told, "name": name})
+               for name in ("first", "older", "again", "failed")}
+    configs["quiet"] = load_domain(DOMAINS_DIR / "contracts.yaml", {"name": "quiet"})
+    results = {name: sample_summary().domains["legal"].model_copy(update={"name": name}) for name in configs}
+
+    assert pipeline.changes_since_last_publication(storage, "now", results, configs) == {
+        "first": ["first publication"]}  # failed: no manifest; quiet: no webhook; again: already this run's
+    assert "[older] notify: what changed since run before is left out: its lineage is in an older form (KeyError)" \
+        in caplog.text
