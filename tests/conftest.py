@@ -1,9 +1,13 @@
 """Shared fixtures. Caches that libraries write under $HOME/$TMPDIR are pointed into pytest's temp dirs."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -125,3 +129,50 @@ def s3_bucket(s3_endpoint, request):
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(name)
     return f"s3://{name}/lorafleet"
+
+
+WEBHOOK_CANARY = "canary-webhook-3b9d71"  # in the webhook URL's path: tests check it shows up in no log
+
+
+class _WebhookServer(ThreadingHTTPServer):
+    daemon_threads, block_on_close = True, False  # a handler still sleeping (a timeout test) does not hold shutdown
+    status, delay = 200, 0.0
+    received: list
+
+    def handle_error(self, request, client_address):  # a client that gave up waiting (the timeout test)
+        pass
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        time.sleep(self.server.delay)
+        self.send_response(self.server.status)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """A Slack-like webhook on 127.0.0.1, in a thread: ``.url`` (its path holds WEBHOOK_CANARY), ``.received`` (the
+    JSON bodies posted), ``.status`` to answer with and ``.delay`` before answering."""
+    server = _WebhookServer(("127.0.0.1", 0), _Webhook)
+    server.received = []
+    server.url = f"http://127.0.0.1:{server.server_port}/services/T0LORA/B0FLEET/{WEBHOOK_CANARY}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port

@@ -150,8 +150,9 @@ def ensure_gguf_base(gguf_file: Path, root: Path | None = None) -> Path:
 def build_gguf_base(gguf_file: Path, digest: str, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # no model code to trust: check_gguf admits only the architectures transformers dequantizes itself
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False)
     # transformers 4.57.6 gives a GGUF Llama tokenizer its bos token as eos and no pad token (integrations/ggml.py);
     # the model's generation config holds the GGUF's own ids. Evaluation pads batches, so no pad falls back to eos.
     special = model.generation_config

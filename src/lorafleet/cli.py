@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_domain_args(run)
     run.add_argument("--storage", default=DEFAULT_STORAGE, help="local folder, file:// or s3:// URI")
     run.add_argument("--run-id", default=None, help="default: UTC time, e.g. 20261122-051000")
-    run.add_argument("--address", default=None, help="Ray address ('auto' joins a running cluster); default: local")
+    run.add_argument("--address", default=None,
+                     help="Ray address ('auto' joins a running cluster); default: a local Ray listening on 127.0.0.1 only")
     run.add_argument("--work-dir", default=None, help="local scratch folder (default: ~/.cache/lorafleet/work/RUN_ID)")
     run.add_argument("--verbose", action="store_true",
                      help="also show Ray's and the libraries' own output (default: in log files under WORK_DIR/logs)")
@@ -89,6 +90,7 @@ def cmd_run(args) -> int:
     import ray
 
     from lorafleet.base_model import cache_root
+    from lorafleet.cluster import connect
     from lorafleet.pipeline import RunOptions, new_run_id, run
 
     run_id = args.run_id or new_run_id()
@@ -102,9 +104,9 @@ def cmd_run(args) -> int:
     if not ray.is_initialized():
         env_vars = {"TOKENIZERS_PARALLELISM": "false", console.LOG_DIR_VAR: str(log_dir),
                     **({console.VERBOSE_VAR: "1"} if args.verbose else {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})}
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.INFO if args.verbose else logging.ERROR,
-                 runtime_env={"worker_process_setup_hook": "lorafleet.console.setup_worker", "env_vars": env_vars})
+        connect(args.address, include_dashboard=False, log_to_driver=True,
+                logging_level=logging.INFO if args.verbose else logging.ERROR,
+                runtime_env={"worker_process_setup_hook": "lorafleet.console.setup_worker", "env_vars": env_vars})
     summary = run(opts)
     print_summary(summary)
     print(f"full logs: {log_dir}")

@@ -1,12 +1,47 @@
-"""Ray plumbing in one place: submit a function as a Ray task with its resources now, collect every task's
-result later, each as the task returned it or as the error that ended it (unwrapped from Ray's task error)."""
+"""Ray plumbing in one place: connect to Ray (a local one listening on 127.0.0.1 only), submit a function as a Ray
+task with its resources now, collect every task's result later, each as the task returned it or as the error that
+ended it (unwrapped from Ray's task error)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.config import Resources
+
+LOOPBACK = "127.0.0.1"
+
+
+def connect(address: str | None, **options: Any):
+    """``ray.init`` (its context returned): join the cluster at ``address`` (``auto``: the one on this machine), or
+    RAY_ADDRESS's, or without either start a single-machine Ray whose servers (GCS, raylet, agents, workers, the
+    dashboard if enabled) listen on 127.0.0.1 only, not on every interface of the machine."""
+    import ray
+
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        return ray.init(address=address, **options)
+    with _loopback_node():
+        return ray.init(dashboard_host=LOOPBACK, **options)
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray 2.60 gives a new local node the address of the interface that routes outwards, and its servers then
+    listen on all interfaces (measured: GCS, raylet and workers on "::"); ray.init(_node_ip_address="127.0.0.1")
+    is turned back into that address (``services.resolve_ip_for_localhost``). Ray's single-machine mode, which it
+    uses on macOS and Windows (``ray_constants.ENABLE_RAY_CLUSTER``, read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    when Ray is imported), makes the node 127.0.0.1, and every server binds it. Set while the node starts only:
+    the started node keeps its address, and a later ray.init in the process is Ray's own again."""
+    from ray._private import ray_constants
+
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from lorafleet.base_model import GGUF_PREFIX, GGUFError, check_gguf, locate_gguf
 from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
 
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class ConfigError(ValueError):
@@ -202,6 +203,23 @@ class EvalConfig(_Strict):
         return weights
 
 
+class NotifyConfig(_Strict):
+    webhook_env: str | None = Field(
+        None, description="Name of the environment variable that holds the webhook URL (Slack incoming webhook or "
+        "compatible) told how the run ended; domains naming the same variable share one message. The URL is a "
+        "secret: it never goes in a config file.")
+
+    @field_validator("webhook_env")
+    @classmethod
+    def _a_variable_name(cls, name: str | None) -> str | None:
+        # the value is never repeated in the message: it may be the secret itself, pasted in by mistake
+        if name is not None and not ENV_NAME_RE.fullmatch(name):
+            problem = ("looks like a URL; the URL is a secret and stays out of config files" if "/" in name else
+                       "is not an environment variable name")
+            raise ValueError(f"{problem}: name the variable that holds the URL, e.g. LORAFLEET_SLACK_WEBHOOK")
+        return name
+
+
 EVAL_METRICS = tuple(REGISTRY)
 # Metrics measured only when the eval section lists the fields they score.
 METRIC_NEEDS = {name: m.needs for name, m in REGISTRY.items() if m.needs}
@@ -230,11 +248,17 @@ class GateConfig(_Strict):
 
 
 class DomainConfig(_Strict):
+    # a config may hold a secret pasted in by mistake (a webhook URL): validation errors never repeat a value
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     name: str
     description: str = ""
     base_model: str = Field(
         "tiny", description="'tiny' (embedded default), a hub id, a local path, or gguf:FILE (a .gguf file, relative "
         "to the YAML, or PACKAGE/FILE inside an installed Python package), dequantized once into the cache.")
+    trust_remote_code: bool = Field(
+        False, description="Let transformers run the Python code a hub base model ships with it (its own modelling "
+        "files) wherever the base or the merged model is loaded. Off: only architectures transformers has built in. "
+        "Turn it on only for a base whose code you have read.")
     system_prompt: str
     data: DataConfig
     output_schema: str = Field(description="JSON Schema file, relative to the YAML file.")
@@ -244,6 +268,7 @@ class DomainConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     source_file: str = Field("", description="Set by load_domain: the YAML this config came from.")
 
     @field_validator("name")

@@ -14,6 +14,7 @@ from lorafleet import metrics
 from lorafleet.config import EvalConfig
 from lorafleet.data import Example
 from lorafleet.metrics import Evaluation, ExampleScore, Metric, MetricSpec
+from lorafleet.safe_weights import require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,27 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int, bat
                                   skip_special_tokens=True)
 
 
-def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False, dtype: str = "fp32"):
+def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool = False, dtype: str = "fp32",
+                     safetensors_only: bool = False, trust_remote_code: bool = False):
     """In ``dtype`` (``fp32``/``fp16``: the ONNX export's, so that the two are compared like with like), on the
     GPU when there is one; ``load_in_4bit`` loads the base as QLoRA trained it (NF4, bf16 compute);
-    ``adapter`` applies a LoRA adapter unmerged."""
+    ``adapter`` applies a LoRA adapter unmerged (from the run's storage: safetensors only). ``safetensors_only``:
+    ``path`` is a model lorafleet wrote (the merged model), refused if it holds a pickle file.
+    ``trust_remote_code``: the domain's, for the base's own modelling code."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": {"fp32": torch.float32, "fp16": torch.float16}[dtype]}
+    kwargs: dict[str, Any] = {"dtype": {"fp32": torch.float32, "fp16": torch.float16}[dtype],
+                              "trust_remote_code": trust_remote_code}
+    if safetensors_only:
+        require_safetensors(path)
+        kwargs["use_safetensors"] = True
+    if adapter:
+        require_safetensors(adapter)  # peft has no switch: it loads adapter_model.bin when there is no safetensors
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
-        kwargs = {"dtype": torch.bfloat16, "quantization_config": BitsAndBytesConfig(
+        kwargs |= {"dtype": torch.bfloat16, "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True)}
     if torch.cuda.is_available():
@@ -97,7 +107,7 @@ def load_torch_model(path: str, adapter: str | None = None, load_in_4bit: bool =
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(adapter or path)
+    return model, AutoTokenizer.from_pretrained(adapter or path, trust_remote_code=trust_remote_code)
 
 
 def onnx_provider() -> str:
@@ -111,18 +121,20 @@ def onnx_provider() -> str:
     return "CPUExecutionProvider"
 
 
-def load_onnx_model(path: str):
+def load_onnx_model(path: str, trust_remote_code: bool = False):
     """onnxruntime on ``onnx_provider()``; the model's ``provider`` says which ran. On the CPU with as many threads
     as this process was given (Ray sets OMP_NUM_THREADS to a task's CPUs); by default each session starts a thread
-    per core, and finishing tasks side by side contend."""
+    per core, and finishing tasks side by side contend. ``trust_remote_code``: the domain's, for the model's
+    configuration and tokenizer code."""
     import onnxruntime
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
-    model = ORTModelForCausalLM.from_pretrained(path, provider=onnx_provider(), session_options=options)
-    return model, AutoTokenizer.from_pretrained(path)
+    model = ORTModelForCausalLM.from_pretrained(path, provider=onnx_provider(), session_options=options,
+                                                trust_remote_code=trust_remote_code)
+    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, float]:

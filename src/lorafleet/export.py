@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.data import Example
 from lorafleet.evaluate import model_device
+from lorafleet.safe_weights import require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class Drift(BaseModel):
     onnx_provider: str | None = Field(None, description="The onnxruntime execution provider the ONNX model ran on.")
 
 
-def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
-    """``text-generation-with-past`` export (decoder with KV cache), loadable by ORTModelForCausalLM.
+def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", trust_remote_code: bool = False) -> Path:
+    """``text-generation-with-past`` export (decoder with KV cache) of the merged model (safetensors only), loadable
+    by ORTModelForCausalLM. ``trust_remote_code``: the domain's, for the base's own modelling code.
 
     ``dtype``: ``fp32`` exports on the CPU; ``fp16`` on the GPU (Optimum exports fp16 on CUDA only), at
     half the size. ``no_post_process``: Optimum's post-processing de-duplicates tied weights in memory and
@@ -63,12 +65,13 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") ->
     if dtype == "fp16" and not torch.cuda.is_available():
         raise RuntimeError("export.dtype: fp16 needs a CUDA GPU where the domain is finished (Optimum exports "
                            "fp16 on CUDA only); use fp32, or give the finishing task a GPU (eval.resources.gpu)")
+    require_safetensors(merged_dir)
     from optimum.exporters.onnx import main_export
 
     with warnings.catch_warnings():  # the tracer warns on every data-dependent branch; parity is checked below
         warnings.simplefilter("ignore")
         main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past",
-                    device="cuda" if dtype == "fp16" else "cpu", dtype=dtype,
+                    device="cuda" if dtype == "fp16" else "cpu", dtype=dtype, trust_remote_code=trust_remote_code,
                     no_post_process=True, do_validation=False, local_files_only=True)
     marker.write_text(json.dumps({"dtype": dtype}))
     return out_dir

@@ -1,7 +1,7 @@
 """Lineage: what produced an artifact, recorded in every manifest and report.
 
 Same config + same data + same seed -> same ``config_sha256`` and ``dataset_version``
-(the config hash leaves out where the YAML file happened to be on disk)."""
+(the config hash leaves out where the YAML file happened to be on disk, and who is told of the run)."""
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +59,7 @@ def git_commit(package_file: str | Path | None = None) -> str | None:
 
 
 def config_snapshot(cfg: DomainConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", exclude={"source_file"})
+    return cfg.model_dump(mode="json", exclude={"source_file", "notify"})  # neither changes what a run produces
 
 
 def config_sha256(cfg: DomainConfig) -> str:

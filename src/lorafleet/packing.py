@@ -50,18 +50,22 @@ class TrialShape:
     base_model: str
     train: TrainConfig
     lora_rank: int
+    trust_remote_code: bool = False  # how the probe loads the base
 
     @classmethod
-    def of(cls, base_model: str, train: TrainConfig, ranks: list[int]) -> TrialShape:
+    def of(cls, base_model: str, train: TrainConfig, ranks: list[int], trust_remote_code: bool = False) -> TrialShape:
         """The largest rank of a domain's space, and its train settings without those that do not change memory
         (schedule, seed, evaluation cadence), so domains that differ only there share a probe."""
         unrelated = {"warmup_ratio": 0.0, "weight_decay": 0.0, "seed": 0, "eval_steps": 1, "max_steps": None,
                      "lora_dropout": 0.0, "lora_alpha_ratio": 1.0}
-        return cls(base_model=base_model, train=train.model_copy(update=unrelated), lora_rank=max(ranks))
+        return cls(base_model=base_model, train=train.model_copy(update=unrelated), lora_rank=max(ranks),
+                   trust_remote_code=trust_remote_code)
 
     def key(self, accelerator: str) -> str:
         fields = {"base_model": self.base_model, "train": self.train.model_dump(mode="json"), "rank": self.lora_rank,
                   "accelerator": accelerator}
+        if self.trust_remote_code:  # a domain that did not opt in never shares a probe with one that did
+            fields["trust_remote_code"] = True
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -135,7 +139,8 @@ def run_probe(shape: TrialShape, examples: list[Example]) -> MemoryProbe:
     torch.cuda.reset_peak_memory_stats()
     probe_cfg = shape.train.model_copy(update={"max_steps": 2, "eval_steps": 1000})
     with tempfile.TemporaryDirectory(prefix="lorafleet-probe-") as work_dir:
-        train_trial(shape.base_model, probe_cfg, HParams(shape.lora_rank, 1e-4, 1), examples, examples[:1], work_dir)
+        train_trial(shape.base_model, probe_cfg, HParams(shape.lora_rank, 1e-4, 1), examples, examples[:1], work_dir,
+                    trust_remote_code=shape.trust_remote_code)
     free, total = torch.cuda.mem_get_info()
     outside_pytorch = total - free - torch.cuda.memory_reserved()
     config = json.loads((Path(resolve_base_model(shape.base_model)) / "config.json").read_text())

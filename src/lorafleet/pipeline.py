@@ -1,6 +1,7 @@
 """The recipe: configs -> data -> one sweep for every domain, and per domain, as soon as its own trials are done
 (while other domains still train), its finishing as a Ray task: winner, merge, evaluation, drift and ONNX parity,
-gate, report, publish -> once every domain is finished: latest pointers -> run summary. Read top to bottom."""
+gate, report, publish -> once every domain is finished: latest pointers -> run summary -> a message to each
+webhook the configs name. Read top to bottom."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, publish, report, select, sweep
+from pydantic import ValidationError
+
+from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, notify, publish, report, select, sweep
 from lorafleet import data as data_mod
 from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
@@ -71,8 +74,11 @@ def run(opts: RunOptions) -> RunSummary:
         sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose, callbacks=list(opts.tune_callbacks),
                         on_domain_trained=finishing.start)
         results |= finishing.results()
+    changes = changes_since_last_publication(storage, opts.run_id, results, configs)  # before any pointer moves
     promote_passed(storage, opts.run_id, results)
-    return write_run_summary(storage, opts.run_id, results, time.time() - started)
+    summary = write_run_summary(storage, opts.run_id, results, time.time() - started)
+    tell_people(summary, configs, changes)
+    return summary
 
 
 # ---- before training ---------------------------------------------------------------------------------
@@ -183,9 +189,11 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
     with watch("merge"):
         adapter_dir, merged_dir = merge_winner(cfg, winner, out)
     with watch("base_eval"):
-        base = score_model(plan, "base", *evaluate.load_torch_model(base_path, dtype=cfg.export.dtype), out / "eval")
+        base = score_model(plan, "base", *evaluate.load_torch_model(
+            base_path, dtype=cfg.export.dtype, trust_remote_code=cfg.trust_remote_code), out / "eval")
     with watch("tuned_eval"):
-        tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype)
+        tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype, safetensors_only=True,
+                                                           trust_remote_code=cfg.trust_remote_code)
         tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
     with watch("merge_drift"):
         drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
@@ -239,7 +247,8 @@ def merge_winner(cfg: DomainConfig, winner: TrialOutcome, out: Path) -> tuple[Pa
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     winner.checkpoint.to_directory(str(adapter_dir))
-    merged_dir = merge.merge_16bit(cfg.base_model_ref, adapter_dir, out / "merged", snapshot={"winner": asdict(winner.hparams)})
+    merged_dir = merge.merge_16bit(cfg.base_model_ref, adapter_dir, out / "merged", snapshot={"winner": asdict(winner.hparams)},
+                                   trust_remote_code=cfg.trust_remote_code)
     (merged_dir / "lorafleet_config.json").write_text(json.dumps(lineage.config_snapshot(cfg), indent=2))
     progress.info("[%s] merged the adapter into the 16-bit base", cfg.name)
     return adapter_dir, merged_dir
@@ -274,7 +283,8 @@ def measure_merge_drift(plan: DomainPlan, base_path: str, winner: TrialOutcome, 
                         tokenizer, merged: SplitScores) -> Drift:
     """The adapter on the base as it was trained (4-bit for QLoRA) vs the merged 16-bit model, on the test records
     the merged model answered in its evaluation (``merged``: those answers, reused)."""
-    adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=winner.load_in_4bit)
+    adapted, _ = evaluate.load_torch_model(base_path, adapter=str(adapter_dir), load_in_4bit=winner.load_in_4bit,
+                                           trust_remote_code=plan.cfg.trust_remote_code)
     examples, eval_cfg = evaluated_test(plan), plan.cfg.eval
     answers = evaluate.generate_token_ids(adapted, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     parity = export.check_parity(adapted, merged_model, tokenizer, examples, answers, merged.token_ids)
@@ -287,9 +297,10 @@ def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer,
     """ONNX export (in the evaluation's precision), its test answers, and its parity with the merged PyTorch
     model on them (``tuned``: the merged model's test answers)."""
     with watch("onnx_export"):
-        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype)
+        onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype,
+                                  trust_remote_code=plan.cfg.trust_remote_code)
     with watch("onnx_load"):
-        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir))
+        onnx_model, onnx_tokenizer = evaluate.load_onnx_model(str(onnx_dir), trust_remote_code=plan.cfg.trust_remote_code)
     with watch("onnx_parity_eval"):
         scores = score_model(plan, "onnx", onnx_model, onnx_tokenizer, out / "eval", golden=False)
         parity = export.check_parity(tuned_model, onnx_model, tokenizer, evaluated_test(plan), tuned.token_ids,
@@ -375,3 +386,36 @@ def write_run_summary(storage: publish.Storage, run_id: str, results: dict[str, 
         "summary_uri": publish.summary_url(storage, run_id)})
     publish.write_summary(storage, run_id, summary.to_json())
     return summary
+
+
+# ---- telling people -----------------------------------------------------------------------------------
+
+def changes_since_last_publication(storage: publish.Storage, run_id: str, results: dict[str, DomainResult],
+                                   configs: dict[str, DomainConfig]) -> dict[str, list[str]]:
+    """For each domain this run published (passed or gated) whose config names a webhook: what changed since the
+    domain's latest promoted run, from the two manifests' lineage. Read before this run moves any pointer."""
+    changes = {}
+    for name in results:
+        cfg = configs.get(name)
+        if cfg is None or not cfg.notify.webhook_env or not publish.is_published(storage, run_id, name):
+            continue
+        latest = publish.latest_manifest(storage, name)
+        if latest is not None and latest["run_id"] == run_id:
+            continue  # an earlier attempt of this run promoted it already: nothing to compare with
+        try:
+            current = lineage.Lineage.model_validate(publish.read_manifest(storage, run_id, name)["lineage"])
+            previous = lineage.Lineage.model_validate(latest["lineage"]) if latest else None
+        except (KeyError, ValidationError) as exc:  # a manifest written by a lorafleet that recorded less
+            log.warning("[%s] notify: what changed since run %s is left out: its lineage is in an older form (%s)",
+                        name, latest["run_id"] if latest else "-", type(exc).__name__)
+            continue
+        changes[name] = notify.what_changed(previous, current)
+    return changes
+
+
+def tell_people(summary: RunSummary, configs: dict[str, DomainConfig], changes: dict[str, list[str]]) -> None:
+    """One message per webhook variable the configs name, on the domains naming it (and those whose config did not
+    load); a webhook that fails is a warning, never the run's failure."""
+    webhook_of = {name: cfg.notify.webhook_env for name, cfg in configs.items()}
+    for webhook_env, domains in notify.audiences(webhook_of, summary.domains).items():
+        notify.send(webhook_env, notify.build_message(summary, domains, changes))

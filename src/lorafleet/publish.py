@@ -33,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from lorafleet.config import DOMAIN_NAME_RE
 from lorafleet.lineage import sha256_file
+from lorafleet.safe_weights import pickle_files
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +411,11 @@ def verify(uri: str) -> list[str]:
     return problems
 
 
+def read_manifest(storage: Storage, run_id: str, domain: str) -> dict[str, Any]:
+    """The manifest of a domain the run published (gated or not), with its lineage."""
+    return storage.read_json(f"{domain_prefix(run_id, domain)}/{MANIFEST}")
+
+
 def latest_manifest(storage: Storage, domain: str) -> dict[str, Any] | None:
     """The manifest of the domain's latest published run (``latest.json`` -> ``manifest.json``), with its
     lineage; None if the domain was never promoted."""
@@ -421,7 +427,8 @@ def latest_manifest(storage: Storage, domain: str) -> dict[str, Any] | None:
 def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = None,
           artifact: str = "onnx") -> Path:
     """Download one artifact folder of a domain (default: the ONNX model of ``latest``), verifying each
-    object's sha256 against the manifest. The folder appears at ``dest`` only once complete."""
+    object's sha256 against the manifest; a folder holding a pickle file is refused. The folder appears at ``dest``
+    only once complete."""
     storage = Storage(storage_uri)
     if run_id is None:
         if not storage.exists(latest_key(domain)):
@@ -434,6 +441,10 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
     wanted = [o for o in manifest["objects"] if o["key"].startswith(f"{artifact}/")]
     if not wanted:
         raise PublishError(f"run {run_id}, domain {domain}: no {artifact}/ objects in the manifest")
+    pickled = pickle_files(o["key"] for o in wanted)
+    if pickled:  # refused before anything is downloaded: a consumer would load them
+        raise PublishError(f"run {run_id}, domain {domain}: {artifact}/ holds pickle files ({', '.join(pickled)}), "
+                           "which run code when loaded; lorafleet fetches safetensors and ONNX weights only")
     dest = Path(dest)
     if dest.exists():
         raise PublishError(f"{dest} already exists; fetch into a new folder")

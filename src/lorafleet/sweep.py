@@ -155,7 +155,8 @@ def _run_trial(plan: DomainPlan, spec: dict[str, Any], label: str, work: Path, s
     try:
         result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
                              plan.data.val, work, callbacks=[ReportToTune()], resume_from=resume_from,
-                             after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label))
+                             after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label),
+                             trust_remote_code=plan.cfg.trust_remote_code)
     except TrialStopped as stopped:  # ends the trial as failed with its reason; not an error Tune would retry
         log.warning("[%s] %s", label, stopped)
         tune.report({"stopped": str(stopped), "started_at": started_at, **restarts})
@@ -373,7 +374,8 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
     from lorafleet.base_model import cache_root
 
     auto = {d: packing.PackingRequest(
-                shape=packing.TrialShape.of(p.cfg.base_model_ref, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)]),
+                shape=packing.TrialShape.of(p.cfg.base_model_ref, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)],
+                                            p.cfg.trust_remote_code),
                 examples=packing.probe_examples(p.data.train, p.cfg.train.batch_size),
                 cpus_per_trial=p.cfg.sweep.resources_per_trial.cpu, finishing_gpu=p.cfg.finish_resources.gpu)
             for d, p in plans.items() if p.cfg.sweep.resources_per_trial.gpu == "auto"}

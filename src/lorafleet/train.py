@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 TRIAL_RECORD = "lorafleet_trial.json"  # beside a trained adapter: what produced it
 
 # this process's loaded base: (what was loaded, (model, tokenizer)); one at a time, replaced when a trial of
-# another base (or backend, precision, sequence length) comes
+# another base (or backend, precision, sequence length, trust_remote_code: a base loaded with the code it ships is
+# never handed to a domain that did not opt in) comes
 _loaded_base: tuple[tuple, tuple[Any, Any]] | None = None
 
 
@@ -113,12 +114,14 @@ def _free_memory() -> None:
 UNSLOTH_CHECKPOINTING = {"offload": "unsloth", True: True, False: False}
 
 
-def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, checkpointing: bool | str):
+def _load_unsloth(base_path: str, train_cfg: TrainConfig, hp: HParams, checkpointing: bool | str,
+                  trust_remote_code: bool):
     from unsloth import FastLanguageModel  # imported here only (see module docstring)
 
-    loaded = ("unsloth", base_path, _use_4bit(train_cfg), train_cfg.max_seq_length)
+    loaded = ("unsloth", base_path, _use_4bit(train_cfg), train_cfg.max_seq_length, trust_remote_code)
     model, tokenizer = _fresh_copy_of_base(loaded, lambda: FastLanguageModel.from_pretrained(
-        model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None, load_in_4bit=_use_4bit(train_cfg)))
+        model_name=base_path, max_seq_length=train_cfg.max_seq_length, dtype=None, load_in_4bit=_use_4bit(train_cfg),
+        trust_remote_code=trust_remote_code))
     model = FastLanguageModel.get_peft_model(
         model, r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
         lora_dropout=train_cfg.lora_dropout,
@@ -144,12 +147,12 @@ def _initialise_lora(model, seed: int) -> None:
                 module.reset_lora_parameters(adapter, init_lora_weights=True)
 
 
-def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
+def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams, trust_remote_code: bool):
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if _use_4bit(train_cfg):
         from transformers import BitsAndBytesConfig
 
@@ -161,9 +164,10 @@ def _load_peft(base_path: str, train_cfg: TrainConfig, hp: HParams):
         kwargs["dtype"] = torch.bfloat16
     else:
         kwargs["dtype"] = torch.float32
-    loaded = ("peft", base_path, _use_4bit(train_cfg), str(kwargs["dtype"]))
+    loaded = ("peft", base_path, _use_4bit(train_cfg), str(kwargs["dtype"]), trust_remote_code)
     model, tokenizer = _fresh_copy_of_base(loaded, lambda: (
-        AutoModelForCausalLM.from_pretrained(base_path, **kwargs), AutoTokenizer.from_pretrained(base_path)))
+        AutoModelForCausalLM.from_pretrained(base_path, **kwargs),
+        AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)))
     lora = LoraConfig(r=hp.lora_rank, lora_alpha=int(train_cfg.lora_alpha_ratio * hp.lora_rank),
                       lora_dropout=train_cfg.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return model, tokenizer, lora
@@ -322,10 +326,11 @@ OOM_RETRIES = 2  # halvings of the micro-batch before a trial that runs out of G
 def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example],
                 val: list[Example], out_dir: str | Path, callbacks: list | None = None,
                 after_training: Callable[[Any, Any], dict[str, float]] | None = None,
-                resume_from: str | Path | None = None) -> TrialResult:
+                resume_from: str | Path | None = None, trust_remote_code: bool = False) -> TrialResult:
     """Fine-tune a LoRA adapter on ``train``; evaluate on ``val``; save the adapter to ``out_dir/adapter``.
     ``after_training(model, tokenizer)`` may add metrics from the trained model (e.g. generation quality);
-    ``resume_from``: a checkpoint folder of an earlier attempt of this trial, to go on from.
+    ``resume_from``: a checkpoint folder of an earlier attempt of this trial, to go on from;
+    ``trust_remote_code``: the domain's, for the base's own modelling code.
 
     A trial that runs out of GPU memory is tried again with half the micro-batch and twice the accumulation (the
     same effective batch), at most ``OOM_RETRIES`` times; ``metrics["oom_retries"]`` counts them."""
@@ -334,7 +339,8 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     retries = 0
     while True:
         try:
-            result = _train_once(base_model, train_cfg, hp, train, val, out_dir, callbacks, after_training, resume_from)
+            result = _train_once(base_model, train_cfg, hp, train, val, out_dir, callbacks, after_training, resume_from,
+                                 trust_remote_code)
             result.metrics.update(oom_retries=retries, micro_batch=train_cfg.batch_size)
             return result
         except torch.OutOfMemoryError:
@@ -350,7 +356,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
 
 def _train_once(base_model: str, train_cfg: TrainConfig, hp: HParams, train: list[Example], val: list[Example],
                 out_dir: str | Path, callbacks: list | None, after_training: Callable[[Any, Any], dict[str, float]] | None,
-                resume_from: str | Path | None) -> TrialResult:
+                resume_from: str | Path | None, trust_remote_code: bool) -> TrialResult:
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -364,9 +370,9 @@ def _train_once(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     base_path = resolve_base_model(base_model)
     checkpointing = _checkpointing(train_cfg, base_path)
     if backend == "unsloth":
-        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, checkpointing)
+        model, tokenizer, peft_config = _load_unsloth(base_path, train_cfg, hp, checkpointing, trust_remote_code)
     else:
-        model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp)
+        model, tokenizer, peft_config = _load_peft(base_path, train_cfg, hp, trust_remote_code)
     model_ready = time.perf_counter()
     first_step = _first_step_clock(load_started)
     guards = [_divergence_guard(train_cfg.divergence), _timeout_guard(train_cfg.timeout_minutes, load_started)]

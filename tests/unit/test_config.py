@@ -349,3 +349,37 @@ def test_the_optimizer_is_one_setting_for_every_backend(tmp_path):
         assert args.optim == optimizer
     with pytest.raises(ValidationError, match="optimizer"):
         TrainConfig(optimizer="lion")
+
+
+SLACK_URL = "https://hooks.slack.com/services/T0LORA/B0FLEET/canary-url-in-config"
+
+
+@pytest.mark.parametrize("value", [SLACK_URL, "hooks.slack.com/services/T0LORA/B0FLEET/canary-url-in-config"])
+def test_a_webhook_url_in_a_config_is_refused_naming_file_and_field_never_the_url(domain_copy, value):
+    import traceback
+
+    path = _rewrite(domain_copy("contracts"), lambda r: r.update(notify={"webhook_env": value}))
+    with pytest.raises(ConfigError) as refused:
+        load_domain(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: notify.webhook_env: ") and "looks like a URL" in message
+    assert "canary-url-in-config" not in "".join(traceback.format_exception(refused.value))  # not even chained
+
+
+def test_a_profile_names_the_webhook_variable_for_every_domain_outside_their_lineage(tmp_path):
+    from lorafleet.lineage import config_sha256
+
+    profile = tmp_path / "nightly.yaml"
+    profile.write_text("notify: {webhook_env: LORAFLEET_SLACK_WEBHOOK}\n")
+    for f in find_domain_files(DOMAINS_DIR):
+        told, silent = load_domain(f, load_overrides_file(profile)), load_domain(f)
+        assert told.notify.webhook_env == "LORAFLEET_SLACK_WEBHOOK" and silent.notify.webhook_env is None
+        assert config_sha256(told) == config_sha256(silent)  # who is told is not what produced the model
+    with pytest.raises(ConfigError, match=r"notify.webhook_env: Value error, is not an environment variable name"):
+        load_domain(DOMAINS_DIR / "contracts.yaml", parse_overrides(["notify.webhook_env=slack webhook"]))
+
+
+def test_trust_remote_code_is_off_unless_a_domain_opts_in():
+    for f in find_domain_files(DOMAINS_DIR):
+        assert load_domain(f).trust_remote_code is False
+    assert load_domain(DOMAINS_DIR / "contracts.yaml", parse_overrides(["trust_remote_code=true"])).trust_remote_code
