@@ -136,6 +136,39 @@ def test_a_warm_unsloth_worker_trains_the_same_adapter_from_its_kept_base(unslot
     assert max(losses) - min(losses) < 1e-3 * max(losses), losses
 
 
+def _updates(outcome, folder: Path) -> dict:
+    """Each layer's learned update B·A of a trial's adapter."""
+    from safetensors.torch import load_file
+
+    outcome.checkpoint.to_directory(str(folder))
+    adapter = load_file(folder / "adapter_model.safetensors")
+    return {k: adapter[k.replace("lora_A", "lora_B")].float() @ adapter[k].float() for k in adapter if "lora_A" in k}
+
+
+def test_a_killed_unsloth_trial_resumes_from_its_checkpoint_on_the_gpu(ray_gpu, tmp_path):
+    """Two Unsloth trials of the same hyperparameters; the second's worker is SIGKILLed once Tune recorded its
+    checkpoint at step 6 of 12; it goes on from there and ends with the first one's adapter (B·A within the same
+    bounds as a warm worker's trials) and eval loss."""
+    from tests.integration.test_trial_checkpoints import _killer
+
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
+        "base_model": BASE, "train": {"max_steps": 12, "eval_steps": 6, "max_seq_length": 256, "checkpoint_steps": 3},
+        "eval": {"max_examples": 2, "max_new_tokens": 8},
+        "sweep": {"space": {"lora_rank": [16]}, "num_samples": 2, "resources_per_trial": {"cpu": 1, "gpu": 1}}})
+    killer = _killer({1: 6})
+    outcomes = run_sweep({"contracts": DomainPlan(cfg, prepare(cfg))}, Storage(str(tmp_path / "store")), "resume",
+                         callbacks=[killer])["contracts"]
+    assert [o.error for o in outcomes] == [None, None] and list(killer.killed.values()) == [6]
+    first, resumed = sorted(outcomes, key=lambda o: o.restarts)
+    assert (resumed.restarts, resumed.resumed_from, resumed.backend) == (1, [6], "unsloth")
+    expected, got = _updates(first, tmp_path / "a"), _updates(resumed, tmp_path / "b")
+    relative = sorted(float((got[k] - expected[k]).norm() / expected[k].norm()) for k in expected)
+    print(f"resumed vs uninterrupted: B·A differs by {relative[-1]:.4f} at most, {relative[len(relative) // 2]:.4f} "
+          f"median; eval_loss {resumed.metrics['eval_loss']:.4f} vs {first.metrics['eval_loss']:.4f}")
+    assert relative[-1] < 0.05 and relative[len(relative) // 2] < 0.02
+    assert abs(resumed.metrics["eval_loss"] - first.metrics["eval_loss"]) < 1e-2 * first.metrics["eval_loss"]
+
+
 def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):
     """The probe runs as a Ray task (Unsloth is imported by workers only) on the whole GPU."""
     import json
