@@ -3,33 +3,17 @@ in date order, concurrent runs lose nothing), history.html (plot with interval b
 ``lorafleet history``."""
 import re
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from lorafleet import history, publish
 from lorafleet.cli import main
 from lorafleet.history import HistoryEntry
-from tests.report_sample import XSS, sample_summary
-
-NIGHT = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+from tests.report_sample import NIGHT, XSS, record_nights, sample_summary
 
 
 def _results():
     """contracts gated, legal published, broken failed (a made-up run's results)."""
     return sample_summary().domains
-
-
-def _unchanged(result, matches_run: str):
-    return result.model_copy(update={"status": "unchanged", "matches_run": matches_run, "trials": [], "timings": None})
-
-
-def _nights(storage, domain: str, verdicts: list[str]) -> None:
-    """One run a night, run ids night-0, night-1..., with the sample's result under each verdict."""
-    result = _results()["legal"]
-    for i, verdict in enumerate(verdicts):
-        night = result.model_copy(update={"status": verdict, "name": domain})
-        if verdict == "unchanged":
-            night = _unchanged(night, "night-0")
-        history.record_run(storage, f"night-{i}", {domain: night}, now=NIGHT + timedelta(days=i))
 
 
 def test_each_domain_of_a_run_gets_an_entry_with_its_verdict_metrics_and_winner(tmp_path):
@@ -52,7 +36,7 @@ def test_each_domain_of_a_run_gets_an_entry_with_its_verdict_metrics_and_winner(
 
 def test_rerunning_a_run_id_replaces_its_entry(tmp_path):
     storage = publish.Storage(str(tmp_path))
-    _nights(storage, "legal", ["gated", "published"])
+    record_nights(storage, "legal", ["gated", "published"])
     failed = _results()["broken"].model_copy(update={"name": "legal"})
     history.record_run(storage, "night-1", {"legal": failed}, now=NIGHT + timedelta(days=1, hours=1))
     runs = history.entries(publish.read_history(storage, "legal"))
@@ -87,7 +71,7 @@ def test_runs_appending_at_once_lose_nothing(tmp_path):
 
 def test_page_plots_each_key_metric_over_the_evaluated_runs_and_lists_runs_newest_first(tmp_path):
     storage = publish.Storage(str(tmp_path))
-    _nights(storage, "legal", ["published", "gated", "unchanged", "failed", "published"])
+    record_nights(storage, "legal", ["published", "gated", "unchanged", "failed", "published"])
     page = (tmp_path / "domains" / "legal" / "history.html").read_text()
     svg = re.search(r"<svg\b.*?</svg>", page, flags=re.DOTALL).group(0)
     for series in ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "score_gain"):
@@ -111,7 +95,7 @@ def test_page_without_an_evaluated_run_says_there_is_nothing_to_plot():
 
 def test_lorafleet_history_prints_the_runs_newest_first(tmp_path, capsys):
     storage = publish.Storage(str(tmp_path))
-    _nights(storage, "legal", ["published", "unchanged"])
+    record_nights(storage, "legal", ["published", "unchanged"])
     assert main(["history", "legal", "--storage", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "legal: 2 runs, newest first"
