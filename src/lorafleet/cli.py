@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 from lorafleet import console
 from lorafleet.config import ConfigError, find_domain_files, load_overrides_file, merge_overrides, parse_overrides
@@ -72,7 +73,7 @@ def _domain_files(args):
     return find_domain_files(args.config_dir, domains)
 
 
-def _force(args):
+def _force(args) -> Literal["all"] | frozenset[str]:
     """``--force``: every domain; ``--force a,b``: those (each must have a domain file, like ``--domains``)."""
     if args.force is None:
         return frozenset()

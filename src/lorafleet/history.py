@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lorafleet import publish
 from lorafleet.metrics import KEY_METRICS, Metric
-from lorafleet.report import TRIAL_COLOURS, Cell, Raw, _axes, _cell, _page, _svg, _table_html, _verdict, text_table
+from lorafleet.report import TRIAL_COLOURS, Raw, _axes, _cell, _page, _svg, _table_html, _verdict, text_table
 from lorafleet.results import DomainResult, DomainStatus
 from lorafleet.train import HParams
 
@@ -135,19 +135,19 @@ def render_html(domain: str, runs: list[HistoryEntry]) -> str:
              e.winner.label if e.winner else "—", (e.dataset_version or "—")[:12], _link(domain, e), _note(e)]
             for e in reversed(runs)]
     plot = _plot(runs) or '<p class="note">No run has evaluated this domain yet: nothing to plot.</p>'
+    header = ["run", "date (UTC)", "verdict", *names, "score gain", "winner", "dataset", "report", "notes"]
     body = (f"<h1>{html.escape(domain)}: {len(runs)} run{'s' * (len(runs) != 1)}</h1>"
             "<p>The tuned model on the test split after each run that trained and evaluated the domain, with 95 % "
             "bootstrap intervals (bands); unchanged runs kept an earlier run's model and are listed below only.</p>"
             f'<div class="plots">{plot}</div>'
-            + _table_html("history index", ["run", "date (UTC)", "verdict", *names, "score gain", "winner", "dataset",
-                                            "report", "notes"], rows))
+            + _table_html("history index", header, rows))  # "index": the small verdict badges of the run index
     return _page(f"{domain}: history", body)
 
 
 def table(runs: list[HistoryEntry]) -> str:
     """The runs, newest first, as a plain-text table for a terminal."""
     def text(metric: Metric | None, signed: bool = False) -> str:
-        cell: Cell = _cell(metric, signed)
+        cell = _cell(metric, signed)
         return f"{cell.value} {cell.ci}".strip()
 
     names = _metric_names(runs)
