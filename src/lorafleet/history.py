@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -79,12 +79,15 @@ def _metric_names(runs: list[HistoryEntry]) -> list[str]:
 
 # ---------- the page ----------
 def _series(ax, name: str, points: list[tuple[datetime, Metric]], colour: str) -> None:
-    """One metric over time: its line (an SVG group with id ``series-<name>``) and its 95 % interval as a band."""
+    """One metric over time: its line (an SVG group with id ``series-<name>``) and its 95 % interval as a band, with
+    a bar at each run (a band has no width at a single run)."""
     if not points:
         return
     when, values = zip(*points)
     if all(m.ci for m in values):
-        ax.fill_between(when, [m.ci[0] for m in values], [m.ci[1] for m in values], color=colour, alpha=0.18, lw=0)
+        lo, hi = [m.ci[0] for m in values], [m.ci[1] for m in values]
+        ax.fill_between(when, lo, hi, color=colour, alpha=0.18, lw=0)
+        ax.vlines(when, lo, hi, color=colour, alpha=0.5, lw=1)
     (line,) = ax.plot(when, [m.value for m in values], marker="o", ms=4, color=colour, label=name)
     line.set_gid(f"series-{name.replace(' ', '_')}")
 
@@ -106,9 +109,12 @@ def _plot(runs: list[HistoryEntry]) -> str | None:
                        color=GATED_COLOUR, label="gated run", zorder=4)
     rates.set(title="test split, tuned model", ylim=(-0.05, 1.05))
     points.set(title="score (points)", ylabel="points")
+    first, last = runs[0].when, runs[-1].when
+    pad = max((last - first) / 20, timedelta(hours=12))  # a single run would get a span of years
     for ax in (rates, points):
-        locator = AutoDateLocator()
+        locator = AutoDateLocator(minticks=3, maxticks=6)
         ax.xaxis.set(major_locator=locator, major_formatter=ConciseDateFormatter(locator))
+        ax.set_xlim(first - pad, last + pad)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _svg(fig)

@@ -446,7 +446,7 @@ def write_reports(report: DomainReport, out_dir: str | Path) -> None:
 # ---------- per-run summary ----------
 def _note(d: DomainResult) -> str:
     if d.matches_run:
-        return f"not retrained: same inputs as run {d.matches_run}"
+        return f"same inputs as run {d.matches_run}"
     return ", ".join(d.gate.failed if d.gate else []) or (d.error or "")
 
 
