@@ -32,7 +32,7 @@ def decide(current: Inputs, published: Published | None, forced: bool = False) -
     if forced:
         return Decision(True, "forced (--force)")
     if published is None:
-        return Decision(True, "never published")
+        return Decision(True, "no published run to compare with")
     if current.base_model_sha256 is None:  # a hub id not on disk: the same name may hold other weights
         return Decision(True, "the base model's weights are not on disk to hash, so they may have changed")
     changed = [name for name in Inputs.model_fields if getattr(current, name) != getattr(published.inputs, name)]

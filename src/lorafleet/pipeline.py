@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
+
 from lorafleet import data as data_mod
 from lorafleet import evaluate, export, gate, history, incremental, lineage, merge, metrics, publish, report, select, sweep
 from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
@@ -148,15 +150,26 @@ def unchanged_since_published(storage: publish.Storage, plans: dict[str, DomainP
     published run, unless forced: not trained or uploaded again, and the pointer stays at that run."""
     unchanged = {}
     for name, plan in plans.items():
-        manifest = publish.latest_manifest(storage, name)
         inputs = lineage.Inputs.of(plan.cfg, plan.data.manifest.dataset_version, resolve_base_model(plan.cfg.base_model_ref))
-        decision = incremental.decide(inputs, incremental.Published.of(manifest) if manifest else None, forced(name))
+        decision = incremental.decide(inputs, latest_published(storage, name), forced(name))
         if decision.retrain:
             progress.info("[%s] to train: %s", name, decision.reason)
             continue
         progress.info("[%s] unchanged, not retrained: %s", name, decision.reason)
         unchanged[name] = unchanged_result(storage, plan, decision.matches_run)
     return unchanged
+
+
+def latest_published(storage: publish.Storage, name: str) -> incremental.Published | None:
+    """The domain's latest published run and its lineage's inputs; None when there is none, or when latest.json names
+    no manifest with such a lineage (then the domain retrains, and its new run is what the next night compares with)."""
+    try:
+        manifest = publish.latest_manifest(storage, name)
+        return incremental.Published.of(manifest) if manifest else None
+    except (KeyError, FileNotFoundError, pydantic.ValidationError) as exc:
+        log.warning("[%s] %s names no manifest with a lineage to compare with (%s: %s)", name,
+                    storage.url(publish.latest_key(name)), type(exc).__name__, exc)
+        return None
 
 
 def unchanged_result(storage: publish.Storage, plan: DomainPlan, run_id: str) -> DomainResult:

@@ -25,8 +25,8 @@ def test_any_input_changed_retrains_and_says_which(field):
 
 
 def test_never_published_retrains():
-    assert decide(CURRENT, None) == decide(CURRENT, None, forced=False)
-    assert decide(CURRENT, None).retrain and decide(CURRENT, None).reason == "never published"
+    decision = decide(CURRENT, None)
+    assert decision.retrain and decision.reason == "no published run to compare with" and decision.matches_run is None
 
 
 def test_forced_retrains_an_unchanged_domain():
@@ -59,3 +59,21 @@ def test_inputs_of_the_same_domain_are_equal_wherever_its_files_are(domain_copy,
 
     bundled, copied = inputs(DOMAINS_DIR / "legal.yaml"), inputs(domain_copy("legal"))
     assert bundled == copied and bundled.base_model_sha256 is not None
+
+
+def test_a_pointer_without_a_readable_manifest_is_no_published_run_to_compare_with(tmp_path, caplog):
+    from lorafleet import publish
+    from lorafleet.pipeline import latest_published
+
+    storage = publish.Storage(str(tmp_path))
+    assert latest_published(storage, "legal") is None  # never promoted
+    storage.write_json(publish.latest_key("legal"), {"run_id": "hand-written", "domain": "legal"})
+    assert latest_published(storage, "legal") is None
+    storage.write_json(publish.latest_key("legal"), {"run_id": "gone", "manifest": "runs/gone/legal/manifest.json"})
+    assert latest_published(storage, "legal") is None  # its manifest was deleted
+    missing_key, missing_file = (r.getMessage() for r in caplog.records)
+    assert "latest.json names no manifest" in missing_key and "KeyError: 'manifest'" in missing_key
+    assert "FileNotFoundError" in missing_file
+    storage.write_json("runs/r1/legal/manifest.json", {"run_id": "r1", "lineage": CURRENT.model_dump()})
+    storage.write_json(publish.latest_key("legal"), {"run_id": "r1", "manifest": "runs/r1/legal/manifest.json"})
+    assert latest_published(storage, "legal") == Published(run_id="r1", inputs=CURRENT)
