@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 
-from lorafleet import data, evaluate, gate, metrics, report, select
+from lorafleet import data, evaluate, gate, history, metrics, publish, report, select
 from lorafleet.config import load_domain
 from lorafleet.export import Drift, Parity
 from lorafleet.lineage import Lineage, config_sha256, config_snapshot
@@ -94,3 +95,17 @@ def sample_summary() -> RunSummary:
     broken = DomainResult.failed("broken", f"every trial failed: CUDA OOM {XSS}")
     return RunSummary.of("20260101-0300", "s3://bucket/lorafleet", 812.4,
                          {"contracts": contracts, "legal": legal, "broken": broken})
+
+
+NIGHT = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+
+
+def record_nights(storage: publish.Storage, domain: str, verdicts: list[str]) -> None:
+    """One run a night from NIGHT on, run ids night-0, night-1..., each recording the sample summary's published
+    result under the verdict given (an unchanged one matching night-0) in the domain's history."""
+    result = sample_summary().domains["legal"]
+    for i, verdict in enumerate(verdicts):
+        night = result.model_copy(update={"status": verdict, "name": domain})
+        if verdict == "unchanged":
+            night = night.model_copy(update={"matches_run": "night-0", "trials": [], "timings": None})
+        history.record_run(storage, f"night-{i}", {domain: night}, now=NIGHT + timedelta(days=i))

@@ -1,16 +1,18 @@
-"""``lorafleet run | validate | make-tiny-base`` (also ``python -m lorafleet``)."""
+"""``lorafleet run | validate | report | history | verify | fetch | make-tiny-base`` (also ``python -m lorafleet``)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 from lorafleet import console
 from lorafleet.config import ConfigError, find_domain_files, load_overrides_file, merge_overrides, parse_overrides
 
 DEFAULT_CONFIG_DIR = "configs/domains"
 DEFAULT_STORAGE = "./artifacts"
+FORCE_ALL = "all"
 
 
 def _add_domain_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", default=None, help="local scratch folder (default: ~/.cache/lorafleet/work/RUN_ID)")
     run.add_argument("--verbose", action="store_true",
                      help="also show Ray's and the libraries' own output (default: in log files under WORK_DIR/logs)")
+    run.add_argument("--force", nargs="?", const=FORCE_ALL, default=None, metavar="a,b",
+                     help="retrain every domain (or the named ones) even if config, data, base weights and lorafleet "
+                          "version equal its latest published run's")
     val = sub.add_parser("validate", help="check configs and data without training")
     _add_domain_args(val)
     tiny = sub.add_parser("make-tiny-base", help="build the embedded tiny base model into DIR")
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("uri", help="<storage>/runs/<run_id> or <storage>/runs/<run_id>/<domain>")
     rep = sub.add_parser("report", help="print a run's per-domain verdicts and key numbers")
     rep.add_argument("uri", help="<storage>/runs/<run_id>")
+    hist = sub.add_parser("history", help="print a domain's runs across nights, newest first")
+    hist.add_argument("domain")
+    hist.add_argument("--storage", default=DEFAULT_STORAGE)
     fetch = sub.add_parser("fetch", help="download a domain's ONNX model (default: latest), verifying hashes")
     fetch.add_argument("domain")
     fetch.add_argument("dest", help="new folder to create")
@@ -64,6 +72,17 @@ def _storage_uri(raw: str) -> str:
 def _domain_files(args):
     domains = [d for d in args.domains.split(",") if d] or None
     return find_domain_files(args.config_dir, domains)
+
+
+def _force(args) -> Literal["all"] | frozenset[str]:
+    """``--force``: every domain; ``--force a,b``: those (each must have a domain file, like ``--domains``)."""
+    if args.force is None:
+        return frozenset()
+    if args.force == FORCE_ALL:
+        return "all"
+    names = [d for d in args.force.split(",") if d]
+    find_domain_files(args.config_dir, names)  # a misspelt name is an error, not a silent skip
+    return frozenset(names)
 
 
 def cmd_validate(args) -> int:
@@ -97,7 +116,8 @@ def cmd_run(args) -> int:
     storage = _storage_uri(args.storage)
     work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
     opts = RunOptions(config_files=_domain_files(args), overrides=_overrides(args),
-                      storage=storage, run_id=run_id, work_dir=work_dir.resolve(), verbose=args.verbose)
+                      storage=storage, run_id=run_id, work_dir=work_dir.resolve(), verbose=args.verbose,
+                      force=_force(args))
     log_dir = opts.work_dir / "logs"
     console.setup_driver(log_dir, verbose=args.verbose)
     print(f"run {run_id}: storage {storage}\nfull logs: {log_dir}", file=sys.stderr)
@@ -138,6 +158,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from lorafleet import history
+    from lorafleet.publish import PublishError, Storage, history_key, read_history
+
+    storage = Storage(_storage_uri(args.storage))
+    runs = history.entries(read_history(storage, args.domain))
+    if not runs:
+        raise PublishError(f"{storage.url(history_key(args.domain))}: no history for domain {args.domain}")
+    print(f"{args.domain}: {len(runs)} run{'s' * (len(runs) != 1)}, newest first")
+    print(history.table(runs))
+    print(f"page: {storage.url(history_key(args.domain, 'history.html'))}")
+    return 0
+
+
 def print_summary(summary) -> None:
     from lorafleet.report import summary_table
 
@@ -167,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fetch(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "history":
+            return cmd_history(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))

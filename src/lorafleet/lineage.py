@@ -95,6 +95,23 @@ def weights_sha256(model_dir: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+class Inputs(BaseModel):
+    """What a domain's published model was made from, as its lineage records it. A nightly run retrains a domain
+    only when one of these differs from its latest published run's (``incremental.decide``)."""
+
+    model_config = ConfigDict(frozen=True)
+    config_sha256: str
+    dataset_version: str
+    base_model_sha256: str | None
+    lorafleet_version: str
+
+    @classmethod
+    def of(cls, cfg: DomainConfig, dataset_version: str, base_path: str) -> Inputs:
+        """``base_path``: the resolved base model (``base_model.resolve_base_model``)."""
+        return cls(config_sha256=config_sha256(cfg), dataset_version=dataset_version,
+                   base_model_sha256=weights_sha256(base_path), lorafleet_version=lorafleet.__version__)
+
+
 class Lineage(BaseModel):
     """What produced a domain's published models: recorded in its manifest and report."""
 

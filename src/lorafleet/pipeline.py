@@ -1,24 +1,38 @@
-"""The recipe: configs -> data -> one sweep for every domain, and per domain, as soon as its own trials are done
-(while other domains still train), its finishing as a Ray task: winner, merge, evaluation, drift and ONNX parity,
-gate, report, publish -> once every domain is finished: latest pointers -> run summary -> a message to each
-webhook the configs name. Read top to bottom."""
+"""The recipe: configs -> data -> the domains whose inputs changed since their latest published run -> one sweep for
+them all, and per domain, as soon as its own trials are done (while other domains still train), its finishing as a Ray
+task: winner, merge, evaluation, drift and ONNX parity, gate, report, publish -> once every domain is finished: latest
+pointers -> each domain's history -> run summary -> a message to each webhook the configs name. Read top to bottom."""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+import pydantic
 
-from lorafleet import __version__, evaluate, export, gate, lineage, merge, metrics, notify, publish, report, select, sweep
 from lorafleet import data as data_mod
+from lorafleet import (
+    evaluate,
+    export,
+    gate,
+    history,
+    incremental,
+    lineage,
+    merge,
+    metrics,
+    notify,
+    publish,
+    report,
+    select,
+    sweep,
+)
 from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
 from lorafleet.config import ConfigError, DomainConfig, load_domain
@@ -46,6 +60,10 @@ class RunOptions:
     work_dir: Path
     verbose: bool = False
     tune_callbacks: tuple = ()  # more Tune callbacks for the sweep (e.g. a team's experiment tracker)
+    force: Literal["all"] | frozenset[str] = frozenset()  # domains retrained even if unchanged since published
+
+    def forced(self, domain: str) -> bool:
+        return self.force == "all" or domain in self.force
 
 
 @dataclass(frozen=True)
@@ -68,14 +86,18 @@ def run(opts: RunOptions) -> RunSummary:
     kept = resume_published(storage, opts.run_id, list(plans))
     results |= kept
     plans = {name: plan for name, plan in plans.items() if name not in kept}
+    ensure_base_models(plans)
+    unchanged = unchanged_since_published(storage, plans, opts.forced)
+    results |= unchanged
+    plans = {name: plan for name, plan in plans.items() if name not in unchanged}
     if plans:
-        ensure_base_models(plans)
         finishing = Finishing(plans, FinishContext(opts.run_id, opts.storage, opts.work_dir, lineage.git_commit()))
         sweep.run_sweep(plans, storage, opts.run_id, verbose=opts.verbose, callbacks=list(opts.tune_callbacks),
                         on_domain_trained=finishing.start)
         results |= finishing.results()
     changes = changes_since_last_publication(storage, opts.run_id, results, configs)  # before any pointer moves
     promote_passed(storage, opts.run_id, results)
+    history.record_run(storage, opts.run_id, results)
     summary = write_run_summary(storage, opts.run_id, results, time.time() - started)
     tell_people(summary, configs, changes)
     return summary
@@ -141,6 +163,43 @@ def ensure_base_models(plans: dict[str, DomainPlan]) -> None:
         resolve_base_model(ref)
 
 
+def unchanged_since_published(storage: publish.Storage, plans: dict[str, DomainPlan],
+                              forced: Callable[[str], bool]) -> dict[str, DomainResult]:
+    """The domains made from the same inputs (config, data, base weights, lorafleet version) as their latest
+    published run, unless forced: not trained or uploaded again, and the pointer stays at that run."""
+    unchanged = {}
+    for name, plan in plans.items():
+        inputs = lineage.Inputs.of(plan.cfg, plan.data.manifest.dataset_version, resolve_base_model(plan.cfg.base_model_ref))
+        decision = incremental.decide(inputs, latest_published(storage, name), forced(name))
+        if decision.retrain:
+            progress.info("[%s] to train: %s", name, decision.reason)
+            continue
+        progress.info("[%s] unchanged, not retrained: %s", name, decision.reason)
+        unchanged[name] = unchanged_result(storage, plan, decision.matches_run)
+    return unchanged
+
+
+def latest_published(storage: publish.Storage, name: str) -> incremental.Published | None:
+    """The domain's latest published run and its lineage's inputs; None when there is none, or when latest.json names
+    no manifest with such a lineage (then the domain retrains, and its new run is what the next night compares with)."""
+    try:
+        manifest = publish.latest_manifest(storage, name)
+        return incremental.Published.of(manifest) if manifest else None
+    except (KeyError, FileNotFoundError, pydantic.ValidationError) as exc:
+        log.warning("[%s] %s names no manifest with a lineage to compare with (%s: %s)", name,
+                    storage.url(publish.latest_key(name)), type(exc).__name__, exc)
+        return None
+
+
+def unchanged_result(storage: publish.Storage, plan: DomainPlan, run_id: str) -> DomainResult:
+    """The published run's winner, evaluations and gate (its model is the one that stays), linked to its objects."""
+    published = DomainResult.from_json(publish.read_domain_summary(storage, run_id, plan.cfg.name))
+    return DomainResult(name=plan.cfg.name, status="unchanged", matches_run=run_id,
+                        dataset_version=plan.data.manifest.dataset_version, winner=published.winner,
+                        test=published.test, golden=published.golden, gate=published.gate,
+                        artifacts=artifact_uris(storage, run_id, plan.cfg))
+
+
 # ---- after each domain's training: one Ray task per domain -----------------------------------------------
 
 class Finishing:
@@ -158,7 +217,8 @@ class Finishing:
         self.trials[name] = trials
         if not any(t.finished for t in trials):
             causes = "; ".join(dict.fromkeys(t.error or "no result" for t in trials)) or "no trial ran"  # each once
-            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials)
+            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials,
+                                                    self.plans[name].data.manifest.dataset_version)
             log.error("[%s] every trial failed", name)
             return
         training = len(self.plans) - len(self.trials)
@@ -174,7 +234,8 @@ class Finishing:
         for name, outcome in self.tasks.results().items():
             if isinstance(outcome, TaskFailure):
                 log.error("[%s] failed after training: %s", name, outcome)
-                outcome = DomainResult.failed(name, f"failed after training: {outcome}", self.trials[name])
+                outcome = DomainResult.failed(name, f"failed after training: {outcome}", self.trials[name],
+                                              self.plans[name].data.manifest.dataset_version)
             else:
                 progress.info("[%s] %s: %s", name, outcome.status.upper(), outcome.artifacts.report)
             results[name] = outcome
@@ -201,9 +262,11 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
                    if cfg.export.onnx else (None, drift))
     test, golden = compare(cfg, base, tuned, onnx)
     verdict = gate.decide(cfg.gate, test, golden)
-    result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
-                          winner=winner.hparams, test=test, golden=golden, drift=drift, gate=verdict,
-                          artifacts=artifact_uris(context, cfg), timings=FinishTimings(**watch.seconds))
+    result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated",
+                          dataset_version=plan.data.manifest.dataset_version, trials=trials, winner=winner.hparams,
+                          test=test, golden=golden, drift=drift, gate=verdict,
+                          artifacts=artifact_uris(publish.Storage(context.storage), context.run_id, cfg),
+                          timings=FinishTimings(**watch.seconds))
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
     with watch("report"):
         record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
@@ -322,9 +385,8 @@ def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,
     return split(base.test, tuned.test, onnx.test if onnx else None), golden
 
 
-def artifact_uris(context: FinishContext, cfg: DomainConfig) -> Artifacts:
-    storage = publish.Storage(context.storage)
-    prefix = publish.domain_prefix(context.run_id, cfg.name)
+def artifact_uris(storage: publish.Storage, run_id: str, cfg: DomainConfig) -> Artifacts:
+    prefix = publish.domain_prefix(run_id, cfg.name)
     return Artifacts(adapter=storage.url(f"{prefix}/adapter"), merged=storage.url(f"{prefix}/merged"),
                      onnx=storage.url(f"{prefix}/onnx") if cfg.export.onnx else None,
                      report=storage.url(f"{prefix}/report.html"), data=storage.url(f"{prefix}/data"))
@@ -334,13 +396,11 @@ def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, win
                    merged_dir: Path) -> lineage.Lineage:
     cfg, manifest = plan.cfg, plan.data.manifest
     return lineage.Lineage(
-        run_id=context.run_id, lorafleet_version=__version__, git_commit=context.git_commit,
-        packages=lineage.package_versions(), config=lineage.config_snapshot(cfg),
-        config_sha256=lineage.config_sha256(cfg), dataset_version=manifest.dataset_version,
+        run_id=context.run_id, git_commit=context.git_commit, packages=lineage.package_versions(),
+        config=lineage.config_snapshot(cfg), **lineage.Inputs.of(cfg, manifest.dataset_version, base_path).model_dump(),
         split_counts=manifest.counts, golden_records=len(plan.data.golden),
         seeds={"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
-        base_model=cfg.base_model, base_model_sha256=lineage.weights_sha256(base_path),
-        winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
+        base_model=cfg.base_model, winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
         merged_sha256=lineage.weights_sha256(merged_dir))
 
 
@@ -405,7 +465,7 @@ def changes_since_last_publication(storage: publish.Storage, run_id: str, result
         try:
             current = lineage.Lineage.model_validate(publish.read_manifest(storage, run_id, name)["lineage"])
             previous = lineage.Lineage.model_validate(latest["lineage"]) if latest else None
-        except (KeyError, ValidationError) as exc:  # a manifest written by a lorafleet that recorded less
+        except (KeyError, pydantic.ValidationError) as exc:  # a manifest written by a lorafleet that recorded less
             log.warning("[%s] notify: what changed since run %s is left out: its lineage is in an older form (%s)",
                         name, latest["run_id"] if latest else "-", type(exc).__name__)
             continue

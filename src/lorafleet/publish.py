@@ -6,6 +6,7 @@ Layout under a storage root:
     runs/<run_id>/<domain>/...                   a domain's objects; its staging area until...
     runs/<run_id>/<domain>/manifest.json         ...written last, by exclusive create: now it is published
     domains/<domain>/latest.json                 -> the newest published run whose gate passed
+    domains/<domain>/history.json, history.html  every run of the domain, one entry each (appended after each run)
 
 Readers follow ``latest.json`` -> ``manifest.json`` -> objects, and never list prefixes, so an upload
 that stopped half way is invisible to them. ``latest.json`` is replaced only if unchanged since it was read
@@ -24,6 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ MANIFEST = "manifest.json"
 DOMAIN_SUMMARY = "domain_summary.json"
 RUN_ID_RE = DOMAIN_NAME_RE  # run ids become keys too; same rule
 PROMOTE_ATTEMPTS = 10  # an attempt fails only when another promoter moved the pointer, which each does once
+HISTORY_ATTEMPTS = 10  # likewise: an append fails only when another run appended in between
 
 
 class PublishError(RuntimeError):
@@ -71,6 +74,10 @@ def run_prefix(run_id: str) -> str:
 
 def latest_key(domain: str) -> str:
     return f"domains/{_check_name('domain', domain)}/latest.json"
+
+
+def history_key(domain: str, name: str = "history.json") -> str:
+    return f"domains/{_check_name('domain', domain)}/{name}"
 
 
 class Storage:
@@ -326,6 +333,37 @@ def record_trial_start(storage: Storage, run_id: str, experiment: str, trial_id:
     starts = [*(storage.read_json(key) if storage.exists(key) else []), step]
     storage.write_json(key, starts)
     return starts
+
+
+def record_history(storage: Storage, domain: str, entry: dict[str, Any],
+                   render_html: Callable[[list[dict[str, Any]]], str]) -> list[dict[str, Any]]:
+    """Add a run's entry (``run_id`` and ``date`` keys) to the domain's history.json, replacing an entry of the same
+    run id (a rerun), runs in (date, run id) order; then write history.html rendered from it. The JSON is replaced
+    only if unchanged since read, so runs appending at once lose nothing; the page is rendered again while another
+    run's append made it stale, so the last page written shows every run. Returns the runs written."""
+    key = history_key(domain)
+    for _ in range(HISTORY_ATTEMPTS):
+        current, token = storage.read_json_versioned(key)
+        others = [e for e in (current or {"runs": []})["runs"] if e["run_id"] != entry["run_id"]]
+        runs = sorted([*others, entry], key=lambda e: (e["date"], e["run_id"]))
+        if storage.replace_if_unchanged(key, _json_bytes({"domain": domain, "runs": runs}), token):
+            break
+        log.info("[%s] history.json changed while adding run %s; adding again", domain, entry["run_id"])
+    else:
+        raise PublishError(f"run {entry['run_id']}, domain {domain}: {storage.url(key)} kept changing; "
+                           f"gave up after {HISTORY_ATTEMPTS} attempts")
+    for _ in range(HISTORY_ATTEMPTS):
+        storage.write_bytes(history_key(domain, "history.html"), render_html(runs).encode("utf-8"))
+        if (latest := read_history(storage, domain)) == runs:
+            return runs
+        runs = latest
+    raise PublishError(f"domain {domain}: {storage.url(key)} kept changing while history.html was written")
+
+
+def read_history(storage: Storage, domain: str) -> list[dict[str, Any]]:
+    """The domain's runs, oldest first; empty when it has no history yet."""
+    history, _ = storage.read_json_versioned(history_key(domain))  # read afresh, not from a listing cache
+    return history["runs"] if history else []
 
 
 def summary_url(storage: Storage, run_id: str) -> str:

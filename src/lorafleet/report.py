@@ -29,7 +29,7 @@ from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutc
 from lorafleet.select import Selection
 
 METRIC_ORDER = tuple(REGISTRY)
-VERDICTS = {"published": "PUBLISHED", "gated": "GATED", "failed": "FAILED"}
+VERDICTS = {"published": "PUBLISHED", "gated": "GATED", "failed": "FAILED", "unchanged": "UNCHANGED"}
 INPUT_PREVIEW = 400
 EXAMPLES_PER_FIELD = 3
 WINNER_COLOUR, TRIAL_COLOURS = "#d4a72c", ("#0969da", "#8250df", "#1f883d", "#57606a", "#bf3989", "#0a3069")
@@ -37,7 +37,8 @@ CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px
 table{border-collapse:collapse;margin:8px 0 16px}th{background:#f6f8fa}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 .ci{color:#656d76;font-size:85%}.verdict{font-size:28px;font-weight:700;padding:14px 18px;border-radius:8px;color:#fff}
-.v-published{background:#1a7f37}.v-gated{background:#bc4c00}.v-failed{background:#cf222e}.v-other{background:#57606a}
+.v-published{background:#1a7f37}.v-gated{background:#bc4c00}.v-failed{background:#cf222e}.v-unchanged{background:#0969da}
+.v-other{background:#57606a}
 .pass,.better{color:#1a7f37}.fail,.worse{color:#cf222e}.pass,.fail{font-weight:600}tr.winner{background:#fff8c5}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:12px}table.examples td:nth-child(2){width:55%}
 .note{color:#656d76;font-style:italic}.plots svg{max-width:100%;height:auto}summary{cursor:pointer}
@@ -453,13 +454,28 @@ def write_reports(report: DomainReport, out_dir: str | Path) -> None:
 
 
 # ---------- per-run summary ----------
+def _note(d: DomainResult) -> str:
+    if d.matches_run:
+        return f"same inputs as run {d.matches_run}"
+    return ", ".join(d.gate.failed if d.gate else []) or (d.error or "")
+
+
 def _summary_rows(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows: domain, verdict, key metrics..., failed checks or error."""
+    """Header and text rows: domain, verdict, key metrics..., failed checks, error or the run it matches."""
     domains = list(summary.domains.items())
     metrics = list(dict.fromkeys(m for _, d in domains for m in d.key_metrics))
-    rows = [[name, _verdict(d.status), *(_num(d.key_metrics.get(m)) for m in metrics),
-             ", ".join(d.gate.failed if d.gate else []) or (d.error or "")] for name, d in domains]
-    return ["domain", "verdict", *metrics, "failed checks / error"], rows
+    rows = [[name, _verdict(d.status), *(_num(d.key_metrics.get(m)) for m in metrics), _note(d)] for name, d in domains]
+    return ["domain", "verdict", *metrics, "notes"], rows
+
+
+def _report_link(name: str, d: DomainResult) -> str:
+    """Relative to runs/<run_id>/index.html: the domain's report in this run, or in the run it matches."""
+    esc = html.escape
+    if d.status == "failed":
+        return "—"
+    if d.matches_run:
+        return f'<a href="../{esc(d.matches_run)}/{esc(name)}/report.html">report ({esc(d.matches_run)})</a>'
+    return f'<a href="{esc(name)}/report.html">report</a>'
 
 
 def render_index(summary: RunSummary) -> str:
@@ -468,17 +484,21 @@ def render_index(summary: RunSummary) -> str:
     cells = []
     for row, (name, d) in zip(rows, summary.domains.items()):
         badge = f'<span class="verdict v-{d.status}">{esc(row[1])}</span>'
-        link = f'<a href="{esc(name)}/report.html">report</a>' if d.status != "failed" else "—"
-        cells.append([row[0], Raw(badge), *row[2:], Raw(link)])
+        history = f'<a href="../../domains/{esc(name)}/history.html">history</a>'  # storage: runs/<id>/, domains/<d>/
+        cells.append([row[0], Raw(badge), *row[2:], Raw(_report_link(name, d)), Raw(history)])
     head = (f"<h1>Run {esc(summary.run_id)}: {esc(summary.status)}</h1>"
             f"<p>{esc(_num(summary.seconds))} s · storage <code>{esc(summary.storage)}</code></p>")
-    return _page(f"lorafleet run {summary.run_id}", head + _table_html("index", [*header, "report"], cells))
+    return _page(f"lorafleet run {summary.run_id}", head + _table_html("index", [*header, "report", "history"], cells))
 
 
 def summary_table(summary: RunSummary) -> str:
     """The same per-domain information as index.html, as a plain-text table for a terminal."""
     header, rows = _summary_rows(summary)
-    rows = [[*r[:-1], r[-1].replace("\n", " ")[:80]] for r in rows]
+    return text_table(header, [[*r[:-1], r[-1].replace("\n", " ")[:80]] for r in rows])
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)]) + "\n"

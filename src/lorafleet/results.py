@@ -12,7 +12,7 @@ from lorafleet.gate import GateVerdict
 from lorafleet.metrics import KEY_METRICS, SplitEvaluation
 from lorafleet.train import HParams
 
-DomainStatus = Literal["published", "gated", "failed"]
+DomainStatus = Literal["published", "gated", "failed", "unchanged"]
 RunStatus = Literal["succeeded", "partial", "failed"]
 
 
@@ -64,13 +64,17 @@ class FinishTimings(BaseModel):
 
 class DomainResult(BaseModel):
     """How one domain ended, whoever produced it: published or gated after finishing, failed (bad config or
-    data, every trial failed, finishing failed), or kept from an earlier attempt of the same run (resumed)."""
+    data, every trial failed, finishing failed), kept from an earlier attempt of the same run (resumed), or
+    unchanged: the same inputs as its latest published run (``matches_run``), so not retrained; its winner,
+    evaluations, gate and artifacts are that run's."""
 
     model_config = ConfigDict(frozen=True)
     name: str
     status: DomainStatus
     error: str | None = None
     resumed: bool = False
+    matches_run: str | None = None
+    dataset_version: str | None = None
     trials: list[TrialOutcome] = []
     winner: HParams | None = None
     test: SplitEvaluation | None = None
@@ -81,8 +85,9 @@ class DomainResult(BaseModel):
     timings: FinishTimings | None = None
 
     @classmethod
-    def failed(cls, name: str, error: str, trials: list[TrialOutcome] | None = None) -> DomainResult:
-        return cls(name=name, status="failed", error=error, trials=trials or [])
+    def failed(cls, name: str, error: str, trials: list[TrialOutcome] | None = None,
+               dataset_version: str | None = None) -> DomainResult:
+        return cls(name=name, status="failed", error=error, trials=trials or [], dataset_version=dataset_version)
 
     @property
     def key_metrics(self) -> dict[str, float | None]:

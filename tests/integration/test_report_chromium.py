@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
+from lorafleet import publish
 from lorafleet.report import write_reports
-from tests.report_sample import sample_report
+from tests.report_sample import record_nights, sample_report
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +64,19 @@ def test_chromium_screenshot(report_html, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 50_000, f"screenshot only {shot.stat().st_size} bytes: a blank page?"
+
+
+def test_chromium_renders_the_history_plot_with_every_series(tmp_path):
+    storage = publish.Storage(str(tmp_path / "store"))
+    record_nights(storage, "legal", ["published", "gated", "unchanged", "published"])
+    page = tmp_path / "store" / "domains" / "legal" / "history.html"
+    done = _browse(tmp_path, "--dump-dom", page.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = done.stdout[done.stdout.index("<body"):]
+    (svg,) = re.findall(r"<svg\b.*?</svg>", body, flags=re.DOTALL)
+    for series in ("json_valid_rate", "schema_pass_rate", "field_accuracy", "score", "score_gain"):
+        line = re.search(rf'<g id="series-{series}">.*?<path [^>]*d="([^"]+)"', svg, flags=re.DOTALL)
+        assert line, series
+        assert len(re.findall(r"[ML]", line.group(1))) == 3, (series, line.group(1))  # the three evaluated runs
+    rows = re.findall(r"<tr[^>]*><td>(night-\d)</td>", body)
+    assert rows == ["night-3", "night-2", "night-1", "night-0"]  # newest first

@@ -306,3 +306,21 @@ def test_promote_retries_after_a_conditional_write_conflict(s3_bucket, tmp_path)
     with pytest.raises(PublishError, match="latest.json kept moving; gave up after 10 attempts"):
         publish.promote(Storage(s3_bucket, fs=RaisingFS(storage.fs, conflict)), "r3", "legal")
     assert storage.read_json(publish.latest_key("legal"))["run_id"] == "r2"
+
+
+def test_runs_appending_to_a_history_at_once_lose_nothing_on_s3(s3_bucket):
+    """history.json is replaced only if its ETag is unchanged, so every run's entry survives a race."""
+    def appender(barrier, i):
+        barrier.wait()
+        entry = {"run_id": f"run-{i}", "date": f"2026-11-2{i}T02:00:00+00:00"}
+        publish.record_history(Storage(s3_bucket), "legal", entry, lambda runs: f"{len(runs)} runs")
+
+    barrier = threading.Barrier(4)
+    threads = [threading.Thread(target=appender, args=(barrier, i)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    storage = Storage(s3_bucket)
+    assert [e["run_id"] for e in publish.read_history(storage, "legal")] == ["run-0", "run-1", "run-2", "run-3"]
+    assert storage.read_bytes(publish.history_key("legal", "history.html")) == b"4 runs"

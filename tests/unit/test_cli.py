@@ -1,9 +1,13 @@
+import runpy
 import shutil
+import sys
 
+import pytest
 import yaml
 
-from lorafleet.cli import main
-from tests.conftest import DOMAINS_DIR
+from lorafleet import cli
+from lorafleet.cli import _force, build_parser, main
+from tests.conftest import DOMAINS_DIR, REPO
 
 
 def test_validate_passes_on_bundled_domains(capsys):
@@ -29,3 +33,22 @@ def test_validate_lists_each_bad_domain_and_fails(tmp_path, capsys):
 def test_unknown_domain_selection_exits_2(capsys):
     assert main(["validate", "--config-dir", str(DOMAINS_DIR), "--domains", "nope"]) == 2
     assert "no domain file for nope" in capsys.readouterr().err
+
+
+def test_force_retrains_all_or_the_named_domains_and_rejects_unknown_names(capsys):
+    def force(*args):
+        return _force(build_parser().parse_args(["run", "--config-dir", str(DOMAINS_DIR), *args]))
+
+    assert force() == frozenset() and force("--force") == "all" and force("--force", "--verbose") == "all"
+    assert force("--force", "contracts,legal") == frozenset({"contracts", "legal"})
+    assert main(["run", "--config-dir", str(DOMAINS_DIR), "--force", "contracts,nope"]) == 2
+    assert "no domain file for nope" in capsys.readouterr().err
+
+
+def test_nightly_job_passes_its_arguments_to_lorafleet_run(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(sys, "argv", ["nightly.py", "--storage", "s3://b/p", "--force", "legal"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO / "jobs" / "nightly.py"), run_name="__main__")
+    assert seen == [["run", "--storage", "s3://b/p", "--force", "legal", "--address", "auto"]]

@@ -126,3 +126,28 @@ def test_restarts_column_shows_only_when_a_trial_restarted():
     report = report.model_copy(update={"result": report.result.model_copy(update={"trials": trials})})
     md = render_markdown(report)
     assert "| restarts |" in md and "| 2 (from step 6, 12) |" in md and "| 0 |" in md
+
+
+def _with_unchanged_legal():
+    summary = sample_summary()
+    legal = summary.domains["legal"].model_copy(update={"status": "unchanged", "matches_run": "20261124-020000",
+                                                        "trials": [], "timings": None})
+    return summary.model_copy(update={"domains": {**summary.domains, "legal": legal}})
+
+
+def test_index_and_table_show_an_unchanged_domain_with_the_run_it_matches():
+    summary = _with_unchanged_legal()
+    page = render_index(summary)
+    assert '<span class="verdict v-unchanged">UNCHANGED</span>' in page
+    assert '<a href="../20261124-020000/legal/report.html">report (20261124-020000)</a>' in page
+    assert '<a href="../../domains/legal/history.html">history</a>' in page
+    row = next(line for line in summary_table(summary).splitlines() if line.startswith("legal"))
+    score = summary.domains["legal"].key_metrics["score"]
+    assert "UNCHANGED" in row and "same inputs as run 20261124-020000" in row and f"{score:.1f}" in row
+
+
+def test_a_run_of_unchanged_and_published_domains_succeeded():
+    summary = _with_unchanged_legal()
+    domains = {n: d for n, d in summary.domains.items() if n != "broken"}
+    assert type(summary).of("r", "store", 3.0, domains).status == "succeeded"
+    assert type(summary).from_json(json.loads(json.dumps(summary.to_json()))) == summary
