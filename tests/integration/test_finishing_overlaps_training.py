@@ -51,12 +51,12 @@ def test_a_domain_is_finished_while_another_still_trains(local_ray, small_base, 
 
     real_run_sweep = sweep.run_sweep
 
-    def run_sweep(*args, on_domain_trained, **kwargs):
+    def run_sweep(*args, on_domain_trained, callbacks=(), **kwargs):
         def record(domain, trials):
             announced[domain] = trials
             on_domain_trained(domain, trials)
 
-        returned.update(real_run_sweep(*args, callbacks=[TrialEnds()], on_domain_trained=record, **kwargs))
+        returned.update(real_run_sweep(*args, callbacks=[*callbacks, TrialEnds()], on_domain_trained=record, **kwargs))
         return returned
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)

@@ -84,7 +84,7 @@ def _domain_dir(tmp_path, run_id, n_files=5):
     out = tmp_path / f"art-{run_id}"
     for i in range(n_files):
         (out / "onnx").mkdir(parents=True, exist_ok=True)
-        (out / "onnx" / f"part{i}.bin").write_bytes(f"{run_id}:{i}:".encode() * 200)
+        (out / "onnx" / f"part{i}.onnx_data").write_bytes(f"{run_id}:{i}:".encode() * 200)
     (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(DomainResult(name="d", status="published").to_json()))
     return out
 
@@ -234,10 +234,10 @@ def test_verify_reports_tampering_and_missing_objects(s3_bucket, tmp_path):
     storage = Storage(s3_bucket)
     publish.publish_domain(storage, "r1", "legal", _domain_dir(tmp_path, "r1"))
     assert publish.verify(f"{s3_bucket}/runs/r1") == []
-    storage.write_bytes("runs/r1/legal/onnx/part1.bin", b"tampered")
-    storage.fs.rm(storage.path("runs/r1/legal/onnx/part2.bin"))
+    storage.write_bytes("runs/r1/legal/onnx/part1.onnx_data", b"tampered")
+    storage.fs.rm(storage.path("runs/r1/legal/onnx/part2.onnx_data"))
     problems = publish.verify(f"{s3_bucket}/runs/r1/legal")
-    assert any("part1.bin: 8 bytes" in p for p in problems) and any("part2.bin: missing" in p for p in problems)
+    assert any("part1.onnx_data: 8 bytes" in p for p in problems) and any("part2.onnx_data: missing" in p for p in problems)
 
 
 @pytest.mark.parametrize("damage", ["tampered", "missing"])
@@ -246,12 +246,12 @@ def test_failed_fetch_leaves_nothing_behind(s3_bucket, tmp_path, damage):
     _publish_and_promote(storage, "r1", "legal", _domain_dir(tmp_path, "r1"))
     consumer = tmp_path / "consumer"
     fetched = publish.fetch(s3_bucket, "legal", consumer / "ok")
-    assert sorted(p.name for p in fetched.iterdir()) == ["lorafleet_source.json"] + [f"part{i}.bin" for i in range(5)]
+    assert sorted(p.name for p in fetched.iterdir()) == ["lorafleet_source.json"] + [f"part{i}.onnx_data" for i in range(5)]
     if damage == "tampered":
-        storage.write_bytes("runs/r1/legal/onnx/part3.bin", b"tampered")
-        expected, match = publish.VerifyError, "part3.bin: sha256 differs from the manifest"
+        storage.write_bytes("runs/r1/legal/onnx/part3.onnx_data", b"tampered")
+        expected, match = publish.VerifyError, "part3.onnx_data: sha256 differs from the manifest"
     else:
-        storage.fs.rm(storage.path("runs/r1/legal/onnx/part3.bin"))
+        storage.fs.rm(storage.path("runs/r1/legal/onnx/part3.onnx_data"))
         expected, match = FileNotFoundError, None
     with pytest.raises(expected, match=match):
         publish.fetch(s3_bucket, "legal", consumer / "legal")
