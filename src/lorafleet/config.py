@@ -136,10 +136,59 @@ class TrialResources(_Strict):
         return gpu
 
 
+# What a trial reports at each of its evaluations during training (Tune results before its end), so what an early
+# stopping scheduler can compare trials by; the validation answers' metrics come only at a trial's end.
+INTERIM_METRICS = ("eval_loss", "eval_mean_token_accuracy")
+
+
+class AshaConfig(_Strict):
+    """Tune's ASHAScheduler over a domain's trials: at each rung (grace_period x reduction_factor^k steps) a trial
+    whose metric is not among the best 1/reduction_factor of the trials that reached the rung is stopped."""
+
+    metric: str = Field("eval_loss", description="An evaluation metric trials report during training.")
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(20, gt=0, description="Steps every trial trains before it can be stopped.")
+    reduction_factor: float = Field(3.0, gt=1, description="Keep the best 1/reduction_factor at each rung.")
+    max_steps: int | None = Field(
+        None, gt=0, description="ASHA's max_t in optimizer steps; default: the domain's longest trial.")
+
+    @field_validator("metric")
+    @classmethod
+    def _reported_during_training(cls, metric: str) -> str:
+        if metric not in INTERIM_METRICS:
+            raise ValueError(f"trials never report {metric} while they train (at their evaluations they report "
+                             f"{', '.join(INTERIM_METRICS)}; validation answers are scored only at a trial's end)")
+        return metric
+
+
+class OptunaConfig(_Strict):
+    """Tune's OptunaSearch (TPE): each new trial's hyperparameters from the trials that ended before it."""
+
+    metric: str = Field("eval_loss", description="A metric every trial reports at its end (see select.rule).")
+    mode: Literal["min", "max"] = "min"
+    max_concurrent: int = Field(
+        2, gt=0, description="Trials of the domain at once: a trial is chosen only from those that ended before it.")
+    startup_trials: int = Field(3, gt=0, description="Random trials before TPE models the results.")
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, metric: str) -> str:
+        if metric not in TRIAL_METRICS:
+            raise ValueError(f"trials never report {metric}; they report {', '.join(TRIAL_METRICS)}")
+        return metric
+
+
 class SweepConfig(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination; random: num_samples seeded draws; optuna: num_samples trials "
+        "chosen one after another by Optuna's TPE from the results so far (sweep.optuna).")
+    num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random, optuna: number of trials.")
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo", description="fifo: every trial trains to its end; asha: Tune's ASHAScheduler stops the trials behind "
+        "at each rung (sweep.asha); a stopped trial is recorded stopped_early and never wins.")
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    optuna: OptunaConfig = Field(default_factory=OptunaConfig)
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
     reuse_workers: bool = Field(
         True, description="A worker process runs trial after trial of the same resources, keeping its imports and "

@@ -216,7 +216,7 @@ class Finishing:
         """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended."""
         self.trials[name] = trials
         if not any(t.finished for t in trials):
-            causes = "; ".join(dict.fromkeys(t.error or "no result" for t in trials)) or "no trial ran"  # each once
+            causes = "; ".join(dict.fromkeys(t.ended_how or "no result" for t in trials)) or "no trial ran"  # once each
             self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials,
                                                     self.plans[name].data.manifest.dataset_version)
             log.error("[%s] every trial failed", name)
@@ -298,7 +298,7 @@ class ModelScores:
 
 
 def choose_winner(cfg: DomainConfig, trials: list[TrialOutcome]) -> select.Selection:
-    selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
+    selection = select.pick_winner([t.metrics if t.finished else None for t in trials], cfg.select.rule)
     progress.info("[%s] winner %s: %s", cfg.name, trials[selection.winner].hparams.label,
                   "; ".join(selection.notes) or "the only finished trial")
     return selection

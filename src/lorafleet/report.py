@@ -168,7 +168,7 @@ def _trial_blocks(report: DomainReport) -> list[tuple]:
     restarted = any(t.restarts for t in trials)  # the column only when a worker, node or driver was lost
     rows = [[str(i), *(_hp(getattr(t.hparams, k)) for k in hkeys), t.backend or "—",
              *(_num(t.metrics.get(k)) for k in mkeys), *([_restarts(t)] if restarted else []),
-             "★" if i == report.winner else "", t.error or ""]
+             "★" if i == report.winner else "", t.ended_how]
             for i, t in enumerate(trials)]
     header = ["#", *hkeys, "backend", *mkeys, *(["restarts"] if restarted else []), "winner", "error"]
     blocks = [("h", 2, "Sweep"), ("table", "trials", header, rows,

@@ -29,11 +29,20 @@ class TrialOutcome(BaseModel):
     error: str | None = None
     restarts: int = Field(0, description="Times the trial started again after a lost worker, node or driver.")
     resumed_from: list[int] = Field([], description="The checkpoint step each restart went on from (0: none yet).")
+    stopped_early_at: int | None = Field(
+        None, description="The step (ASHA's rung) at which the scheduler stopped the trial; None: not stopped early.")
     checkpoint: Any = Field(None, exclude=True)  # ray.tune.Checkpoint of the adapter, in the run's storage
 
     @property
     def finished(self) -> bool:
         return self.error is None and bool(self.metrics) and self.checkpoint is not None
+
+    @property
+    def ended_how(self) -> str:
+        """Why a trial that did not finish has no result: its error, or where the scheduler stopped it."""
+        if self.error:
+            return self.error
+        return f"stopped early at step {self.stopped_early_at}" if self.stopped_early_at is not None else ""
 
 
 class Artifacts(BaseModel):
