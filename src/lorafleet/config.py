@@ -262,6 +262,11 @@ class SweepConfig(_Strict):
                              "(e.g. rounds: {smoke_gate: 0.9})")
         if self.strategy != "rounds" and self.rounds is not None:
             raise ValueError("rounds: read only by strategy: rounds; set sweep.strategy: rounds or drop sweep.rounds")
+        # sweep.rounds plans every trial (space and num_samples are not read); a search or scheduler asked for beside
+        # it would be silently ignored
+        if self.strategy == "rounds" and (self.search != "grid" or self.scheduler != "fifo"):
+            raise ValueError(f"strategy: rounds plans its trials itself: search: {self.search} and scheduler: "
+                             f"{self.scheduler} would do nothing; use search: grid and scheduler: fifo with it")
         return self
 
     @model_validator(mode="after")

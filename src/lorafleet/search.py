@@ -18,8 +18,12 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from lorafleet import rounds
 from lorafleet.config import DomainConfig, RangeSpec
+from lorafleet.results import RoundNote, SearchStory
 from lorafleet.train import HParams
+
+FIELD_PREFIX = "field_accuracy."  # a trial's validation accuracy of one answer field: field_accuracy.<field>
 
 SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
 
@@ -34,8 +38,8 @@ class FixedTrials:
     def total(self) -> int | None:
         return len(self.todo)
 
-    def suggest(self, trial_id: str) -> HParams | None:
-        return self.todo.pop(0) if self.todo else None
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return vars(self.todo.pop(0)) if self.todo else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         pass
@@ -66,12 +70,12 @@ class OptunaTrials:
     def total(self) -> int | None:
         return None  # known only as the search goes (a trial Optuna already proposed may repeat a combination)
 
-    def suggest(self, trial_id: str) -> HParams | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if not self.left or len(self.live) >= self.max_concurrent:
             return None
         self.left -= 1
         self.live.add(trial_id)
-        return HParams.from_dict(self.optuna.suggest(trial_id))
+        return vars(HParams.from_dict(self.optuna.suggest(trial_id)))
 
     def on_trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         self.live.discard(trial_id)
@@ -81,6 +85,67 @@ class OptunaTrials:
     @property
     def exhausted(self) -> bool:
         return not self.left
+
+
+class RoundsTrials:
+    """strategy: rounds, the staged search (rounds.py plans it): each round's configs are suggested together, and the
+    next round is planned from their validation results once the last of them ended. Each trial's spec carries its
+    round; ``story`` tells what produced each round and why the search stopped."""
+
+    def __init__(self, cfg: DomainConfig):
+        self.settings, self.rule = rounds.Settings.from_domain(cfg), list(cfg.select.rule)
+        self.history: list[list[rounds.Observed]] = []
+        self.ended: list[rounds.Observed] = []  # of the round under way
+        self.live: dict[str, rounds.RoundConfig] = {}
+        self.notes: list[RoundNote] = []
+        self.stopped: rounds.Stopped | None = None
+        self.todo: list[rounds.RoundConfig] = []
+        self._plan()
+
+    @property
+    def total(self) -> int | None:
+        return None
+
+    def _plan(self) -> None:
+        decision = rounds.plan_next(self.settings, self.history, rounds.pick_with(self.rule))
+        if isinstance(decision, rounds.Stopped):
+            self.stopped = decision
+            return
+        self.todo = list(decision.configs)
+        self.notes.append(RoundNote(round=decision.round, why=decision.why, flags=list(decision.flags),
+                                    trials=[c.label for c in decision.configs]))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self.todo:
+            return None
+        config = self.live[trial_id] = self.todo.pop(0)
+        return {"lora_rank": config.lora_rank, "learning_rate": config.learning_rate, "epochs": 1,
+                "max_steps": config.max_steps, "max_seq_length": config.max_seq_length, "round": len(self.history)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        config = self.live.pop(trial_id, None)
+        if config is None:
+            return
+        result = result or {}
+        numbers = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.ended.append(rounds.Observed(
+            config, metrics={k: v for k, v in numbers.items() if not k.startswith(FIELD_PREFIX)},
+            fields={k[len(FIELD_PREFIX):]: v for k, v in numbers.items() if k.startswith(FIELD_PREFIX)},
+            failed=error or "backend" not in result))
+        if not self.live and not self.todo:
+            self.history.append(self.ended)
+            self.ended = []
+            self._plan()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stopped is not None
+
+    def story(self) -> SearchStory:
+        stopped = self.stopped
+        return SearchStory(rounds=self.notes, stopped=stopped.reason if stopped else None,
+                           fix_prompt=bool(stopped and stopped.fix_prompt),
+                           flags=list(stopped.flags) if stopped else [])
 
 
 def tune_space(cfg: DomainConfig) -> dict[str, Any]:
@@ -103,17 +168,17 @@ class DomainSearch(Searcher):
     """Tune's searcher for an experiment of several domains: each suggestion comes from the first domain (in the
     experiment's order) whose strategy has a trial to run now; the search is finished once every strategy is."""
 
-    def __init__(self, strategies: dict[str, FixedTrials | OptunaTrials], fingerprints: dict[str, str]):
+    def __init__(self, strategies: dict[str, Strategy], fingerprints: dict[str, str]):
         super().__init__()  # no metric of its own: each domain's strategy has its own, checked when it loads
         self.strategies, self.fingerprints = strategies, fingerprints
         self.owner: dict[str, str] = {}  # trial id -> domain
 
     def suggest(self, trial_id: str) -> dict | None:
         for domain, strategy in self.strategies.items():
-            hparams = strategy.suggest(trial_id)
-            if hparams is not None:
+            spec = strategy.suggest(trial_id)
+            if spec is not None:
                 self.owner[trial_id] = domain
-                return {"trial": {"domain": domain, "fingerprint": self.fingerprints[domain], **vars(hparams)}}
+                return {"trial": {"domain": domain, "fingerprint": self.fingerprints[domain], **spec}}
         return Searcher.FINISHED if all(s.exhausted for s in self.strategies.values()) else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -125,6 +190,11 @@ class DomainSearch(Searcher):
         """Whether the domain's strategy has no trial left to suggest (its trials may still run)."""
         return self.strategies[domain].exhausted
 
+    def story(self, domain: str) -> SearchStory | None:
+        """How the domain's search went, round by round (the staged search only)."""
+        strategy = self.strategies.get(domain)
+        return strategy.story() if isinstance(strategy, RoundsTrials) else None
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__, f)
@@ -134,8 +204,13 @@ class DomainSearch(Searcher):
             self.__dict__.update(pickle.load(f))
 
 
-def strategy(cfg: DomainConfig, fixed: list[HParams]) -> FixedTrials | OptunaTrials:
+Strategy = FixedTrials | OptunaTrials | RoundsTrials
+
+
+def strategy(cfg: DomainConfig, fixed: list[HParams]) -> Strategy:
     """The domain's strategy (``fixed``: its grid or random trials, for those searches)."""
+    if cfg.sweep.strategy == "rounds":
+        return RoundsTrials(cfg)
     return OptunaTrials(cfg) if cfg.sweep.search == "optuna" else FixedTrials(fixed)
 
 

@@ -42,7 +42,7 @@ from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
 from lorafleet.lineage import sha256_file
-from lorafleet.results import TrialOutcome
+from lorafleet.results import SearchStory, TrialOutcome
 from lorafleet.train import TRIAL_RECORD, HParams
 
 if TYPE_CHECKING:  # search.py imports Ray Tune, which this module imports only where a sweep runs
@@ -201,15 +201,19 @@ def _checkpoint_step(folder: Path | None) -> int:
 
 
 def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[str, float]:
-    """Greedy answers on the validation split, scored like the test split: what ``select.rule`` ranks."""
+    """Greedy answers on the validation split, scored like the test split: what ``select.rule`` ranks, and each
+    answer field's accuracy (``field_accuracy.<field>``, what the staged search's rules read)."""
     from lorafleet import evaluate, metrics
 
     val = plan.data.val[: plan.cfg.eval.max_examples]
     answers = evaluate.generate(model, tokenizer, val, plan.cfg.eval.max_new_tokens, plan.cfg.eval.batch_size)
     scored = evaluate.score_answers(val, answers, plan.data.schema, plan.cfg.eval)
-    values = metrics.aggregate([a.score for a in scored], samples=1).values()
+    evaluation = metrics.aggregate([a.score for a in scored], samples=1)
+    values = evaluation.values()
     log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    return values
+    from lorafleet.search import FIELD_PREFIX
+
+    return {**values, **{FIELD_PREFIX + name: m.value for name, m in evaluation.fields.items()}}
 
 
 def _trial_label(spec: dict[str, Any]) -> str:
@@ -281,7 +285,7 @@ def trial_progress(fingerprints: dict[str, str], total: int | None):
     return TrialProgress()
 
 
-DomainTrained = Callable[[str, list[TrialOutcome]], None]
+DomainTrained = Callable[[str, list[TrialOutcome], SearchStory | None], None]
 
 
 def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained, searcher: DomainSearch):
@@ -320,7 +324,7 @@ def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained, searc
                     t is not ended and t.status not in (Trial.TERMINATED, Trial.ERROR) for t in mine):
                 return
             try:
-                self.announce(domain, [_trial_outcome(t) for t in mine])
+                self.announce(domain, [_trial_outcome(t) for t in mine], self.searcher.story(domain))
             except Exception:  # noqa: BLE001 - Tune would take it for the trial's own error and retry the trial
                 log.exception("[%s] not handed over as its trials ended; it will be when the sweep ends", domain)
 
@@ -373,16 +377,16 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
     gpu_shares = trial_gpu_shares(plans)
     announced: set[str] = set()
 
-    def announce(domain: str, trials: list[TrialOutcome]) -> None:
+    def announce(domain: str, trials: list[TrialOutcome], story: SearchStory | None) -> None:
         if on_domain_trained is not None and domain not in announced:
-            on_domain_trained(domain, trials)
+            on_domain_trained(domain, trials, story)
             announced.add(domain)  # only once it went through: a hook that raised is tried again after the fit
 
     outcomes: dict[str, list[TrialOutcome]] = {}
     for experiment in _experiments(plans, storage, run_id):
-        trained = _fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or [], announce)
+        trained, searcher = _fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or [], announce)
         for domain, trials in trained.items():  # those whose trials had all ended in an earlier attempt
-            announce(domain, trials)
+            announce(domain, trials, searcher.story(domain))
         outcomes.update(trained)
     return outcomes
 
@@ -403,7 +407,8 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
 
 
 def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish.Storage, run_id: str, verbose: bool,
-         callbacks: list, announce: DomainTrained) -> dict[str, list[TrialOutcome]]:
+         callbacks: list, announce: DomainTrained) -> tuple[dict[str, list[TrialOutcome]], DomainSearch]:
+    """The experiment's trials by domain once its fit returned, and its searcher (as restored, for a rerun)."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -434,7 +439,8 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
         # domains it trains, and hands a domain over when the restored searcher has nothing left of it
         restored = tuner._local_tuner  # noqa: SLF001
         run_config = restored.get_run_config()
-        run_config.callbacks = [*callbacks, domains_trained(plans, announce, restored._tune_config.search_alg)]  # noqa: SLF001
+        domain_search = restored._tune_config.search_alg  # noqa: SLF001
+        run_config.callbacks = [*callbacks, domains_trained(plans, announce, domain_search)]
         run_config.verbose = 1 if verbose else 0
     else:
         shown = f"{total} trials" if total is not None else "trials chosen as the search goes"
@@ -460,7 +466,7 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
         )
     with library_prints_to_log():
         grid = tuner.fit()
-    return _outcomes(grid, plans)
+    return _outcomes(grid, plans), domain_search
 
 
 def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome]]:
@@ -507,6 +513,7 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
         error=error_text(error) if error is not None else reported.get("stopped"),
         restarts=int(reported.get("restarts", 0)), resumed_from=reported.get("resumed_from", []),
         stopped_early_at=int(reported["step"]) if _stopped_early(reported) and error is None else None,
+        round=spec.get("round"),
         checkpoint=checkpoint if finished else None)
 
 

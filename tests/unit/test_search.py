@@ -24,7 +24,8 @@ def test_fixed_trials_come_domain_by_domain_then_the_search_is_finished():
     s = search.DomainSearch({"a": search.FixedTrials(hp[:1]), "b": search.FixedTrials(hp)}, {"a": "fa", "b": "fb"})
     got = [s.suggest(f"t{i}") for i in range(4)]
     assert [g["trial"]["domain"] for g in got[:3]] == ["a", "b", "b"]
-    assert got[1]["trial"] == {"domain": "b", "fingerprint": "fb", "lora_rank": 8, "learning_rate": 1e-3, "epochs": 1}
+    assert got[1]["trial"] == {"domain": "b", "fingerprint": "fb", "lora_rank": 8, "learning_rate": 1e-3, "epochs": 1,
+                               "max_steps": None, "max_seq_length": None}
     assert got[3] == Searcher.FINISHED
     assert s.exhausted("a") and s.exhausted("b")
 
@@ -95,3 +96,50 @@ def test_asha_rungs_in_steps_up_to_the_longest_trial(domain_copy):
 def test_unknown_strategies_and_metrics_are_rejected_naming_the_field(domain_copy, sweep, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(domain_copy, sweep)
+
+
+def test_rounds_refuses_a_search_or_scheduler_it_would_ignore(domain_copy):
+    with pytest.raises(ConfigError, match=r"strategy: rounds plans its trials itself: search: grid and scheduler: asha"):
+        _cfg(domain_copy, {"strategy": "rounds", "rounds": {"smoke_gate": 0.9}, "scheduler": "asha"})
+
+
+def _observed_result(schema_pass: float, score: float, field: float, steps: int) -> dict:
+    return {"backend": "peft", "schema_pass_rate": schema_pass, "score": score, "eval_loss": 1.0, "steps": steps,
+            "field_accuracy.clause_type": field, "history": [{"loss": 1.0}]}
+
+
+def test_the_staged_search_suggests_a_round_at_a_time_and_plans_the_next_from_its_results(domain_copy, tmp_path):
+    cfg = _cfg(domain_copy, {"strategy": "rounds", "rounds": {
+        "smoke_gate": 0.5, "smoke_steps": 4, "base_steps": 8, "max_rounds": 3}})
+    s = search.DomainSearch({"c": search.RoundsTrials(cfg)}, {"c": "fc"})
+    smoke = s.suggest("t0")["trial"]
+    assert smoke["round"] == 0 and smoke["max_steps"] == 4 and s.suggest("t1") is None  # round 1 waits for it
+    s.on_trial_complete("t0", _observed_result(0.9, 40.0, 0.5, 4))
+    round1 = [s.suggest(f"t{i}")["trial"] for i in (1, 2, 3)]
+    assert [t["round"] for t in round1] == [1, 1, 1] and s.suggest("t4") is None
+    assert sorted(t["max_steps"] for t in round1) == [6, 8, 12]  # stronger, base, conservative
+    # the winner's clause_type accuracy is low: round 2 trains it longer and with a higher learning rate
+    for i, t in zip((1, 2, 3), round1):
+        s.on_trial_complete(f"t{i}", _observed_result(1.0, 50.0 + i, 0.2, t["max_steps"]))
+    round2 = [s.suggest(f"t{i}")["trial"] for i in (4, 5)]
+    assert [t["round"] for t in round2] == [2, 2] and s.suggest("t6") is None
+    s.save(str(tmp_path / "state.pkl"))  # Tune saves the searcher in the middle of a round
+    s.on_trial_complete("t4", _observed_result(1.0, 60.0, 0.3, 8))
+    assert not s.exhausted("c")
+    s.on_trial_complete("t5", None, error=True)
+    assert s.exhausted("c") and s.suggest("t6") == Searcher.FINISHED
+    story = s.story("c")
+    assert [n.round for n in story.rounds] == [0, 1, 2] and "max_rounds" in story.stopped and not story.fix_prompt
+
+    again = search.DomainSearch({"c": search.RoundsTrials(cfg)}, {"c": "fc"})
+    again.restore(str(tmp_path / "state.pkl"))
+    assert [n.round for n in again.story("c").rounds] == [0, 1, 2] and not again.exhausted("c")
+
+
+def test_a_smoke_trial_below_the_round_0_gate_ends_the_search_with_a_verdict_on_the_prompt(domain_copy):
+    cfg = _cfg(domain_copy, {"strategy": "rounds", "rounds": {"smoke_gate": 0.9}})
+    s = search.DomainSearch({"c": search.RoundsTrials(cfg)}, {"c": "fc"})
+    s.suggest("t0")
+    s.on_trial_complete("t0", _observed_result(0.4, 20.0, 0.1, 20))
+    story = s.story("c")
+    assert s.exhausted("c") and story.fix_prompt and "0.4" in story.stopped and [n.round for n in story.rounds] == [0]
