@@ -136,15 +136,138 @@ class TrialResources(_Strict):
         return gpu
 
 
+# What a trial reports at each of its evaluations during training (Tune results before its end), so what an early
+# stopping scheduler can compare trials by; the validation answers' metrics come only at a trial's end.
+INTERIM_METRICS = ("eval_loss", "eval_mean_token_accuracy")
+
+
+class AshaConfig(_Strict):
+    """Tune's ASHAScheduler over a domain's trials: at each rung (grace_period x reduction_factor^k steps) a trial
+    whose metric is not among the best 1/reduction_factor of the trials that reached the rung is stopped."""
+
+    metric: str = Field("eval_loss", description="An evaluation metric trials report during training.")
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(20, gt=0, description="Steps every trial trains before it can be stopped.")
+    reduction_factor: float = Field(3.0, gt=1, description="Keep the best 1/reduction_factor at each rung.")
+    max_steps: int | None = Field(
+        None, gt=0, description="ASHA's max_t in optimizer steps; default: the domain's longest trial.")
+
+    @field_validator("metric")
+    @classmethod
+    def _reported_during_training(cls, metric: str) -> str:
+        if metric not in INTERIM_METRICS:
+            raise ValueError(f"trials never report {metric} while they train (at their evaluations they report "
+                             f"{', '.join(INTERIM_METRICS)}; validation answers are scored only at a trial's end)")
+        return metric
+
+
+class OptunaConfig(_Strict):
+    """Tune's OptunaSearch (TPE): each new trial's hyperparameters from the trials that ended before it."""
+
+    metric: str = Field("eval_loss", description="A metric every trial reports at its end (see select.rule).")
+    mode: Literal["min", "max"] = "min"
+    max_concurrent: int = Field(
+        2, gt=0, description="Trials of the domain at once: a trial is chosen only from those that ended before it.")
+    startup_trials: int = Field(3, gt=0, description="Random trials before TPE models the results.")
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, metric: str) -> str:
+        if metric not in TRIAL_METRICS:
+            raise ValueError(f"trials never report {metric}; they report {', '.join(TRIAL_METRICS)}")
+        return metric
+
+
+class RoundsConfig(_Strict):
+    """sweep.strategy: rounds: a staged search of a few configs a round (lorafleet.rounds explains it)."""
+
+    smoke_steps: int = Field(20, gt=0, description="Round 0's one smoke trial trains this many steps.")
+    smoke_gate: float | None = Field(
+        0.9, ge=0, le=1, description="Lowest validation schema_pass_rate of round 0's smoke trial; below it the domain "
+        "stops with a verdict to fix the prompt or the output constraints, not the hyperparameters. Required.")
+    base_learning_rate: float = Field(2e-4, gt=0, description="Round 0's and round 1's base learning rate.")
+    base_steps: int = Field(200, gt=0, description="Round 1's base number of steps.")
+    lora_rank: int = Field(16, gt=0, description="LoRA rank of every config (the search does not move it).")
+    max_seq_length: int | None = Field(
+        None, gt=16, description="Rounds 0 and 1's max_seq_length; null: train.max_seq_length.")
+    conservative_lr_factor: float = Field(0.5, gt=0, lt=1, description="Round 1's conservative config: base lr x this.")
+    conservative_steps_factor: float = Field(
+        1.5, ge=1, description="Round 1's conservative config: base steps x this.")
+    stronger_lr_factor: float = Field(1.5, gt=1, description="Round 1's stronger config: base lr x this.")
+    stronger_steps_factor: float = Field(0.75, gt=0, le=1, description="Round 1's stronger config: base steps x this.")
+    field_accuracy_below: float = Field(
+        0.8, ge=0, le=1, description="From round 2: the winner's lowest field accuracy (evidence and text fields "
+        "aside) below this asks for one config with more steps and one with a higher lr.")
+    more_steps_factor: float = Field(1.5, gt=1, description="The low-field rule's longer config: steps x this.")
+    higher_lr_factor: float = Field(1.25, gt=1, description="The low-field rule's other config: lr x this.")
+    evidence_below: float = Field(
+        0.8, ge=0, le=1, description="From round 2: an evidence field's (eval.evidence_fields) accuracy below this asks "
+        "for a config with a longer max_seq_length.")
+    longer_seq_factor: float = Field(1.5, gt=1, description="The low-evidence rule's config: max_seq_length x this.")
+    max_seq_length_cap: int | None = Field(
+        4096, gt=16, description="The low-evidence rule never goes past this max_seq_length; null: no cap.")
+    grounding_below: float = Field(
+        0.8, ge=0, le=1, description="From round 2: the winner's grounding below this is flagged as a prompt problem "
+        "(no config comes from it).")
+    min_improvement: float = Field(
+        0.3, ge=0, description="Stop when a round's winner beats the previous round's on score by less than this "
+        "many points.")
+    target_score: float | None = Field(
+        None, gt=0, le=100, description="Stop when a round's winner reaches this score, or when two successive "
+        "rounds' winners both score within oscillation_band under it; null: neither.")
+    oscillation_band: float = Field(0.5, ge=0, description="Points under target_score that count as stuck just under.")
+    max_rounds: int = Field(4, ge=2, description="Rounds at most, round 0 (smoke) included.")
+
+    @field_validator("smoke_gate")
+    @classmethod
+    def _gate_required(cls, gate: float | None) -> float:
+        if gate is None:
+            raise ValueError("the staged search needs a round-0 gate (the smoke trial's lowest validation "
+                             "schema_pass_rate, e.g. 0.9)")
+        return gate
+
+    @model_validator(mode="after")
+    def _seq_under_cap(self) -> RoundsConfig:
+        if self.max_seq_length is not None and self.max_seq_length_cap is not None \
+                and self.max_seq_length > self.max_seq_length_cap:
+            raise ValueError(f"max_seq_length ({self.max_seq_length}) is above max_seq_length_cap "
+                             f"({self.max_seq_length_cap})")
+        return self
+
+
 class SweepConfig(_Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random: number of trials.")
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination; random: num_samples seeded draws; optuna: num_samples trials "
+        "chosen one after another by Optuna's TPE from the results so far (sweep.optuna).")
+    num_samples: int = Field(1, gt=0, description="grid: repeats of the grid; random, optuna: number of trials.")
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo", description="fifo: every trial trains to its end; asha: Tune's ASHAScheduler stops the trials behind "
+        "at each rung (sweep.asha); a stopped trial is recorded stopped_early and never wins.")
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    optuna: OptunaConfig = Field(default_factory=OptunaConfig)
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
     reuse_workers: bool = Field(
         True, description="A worker process runs trial after trial of the same resources, keeping its imports and "
         "loaded base (Tune's reuse_actors); false: a fresh process per trial.")
     seed: int = 0
+    strategy: Literal["sweep", "rounds"] = Field(
+        "sweep", description="sweep: every config of space at once; rounds: a staged search (sweep.rounds).")
+    rounds: RoundsConfig | None = Field(None, description="The staged search's settings; needed by strategy: rounds.")
+
+    @model_validator(mode="after")
+    def _rounds_section(self) -> SweepConfig:
+        if self.strategy == "rounds" and self.rounds is None:
+            raise ValueError("strategy: rounds needs a rounds section with its round-0 gate, sweep.rounds.smoke_gate "
+                             "(e.g. rounds: {smoke_gate: 0.9})")
+        if self.strategy != "rounds" and self.rounds is not None:
+            raise ValueError("rounds: read only by strategy: rounds; set sweep.strategy: rounds or drop sweep.rounds")
+        # sweep.rounds plans every trial (space and num_samples are not read); a search or scheduler asked for beside
+        # it would be silently ignored
+        if self.strategy == "rounds" and (self.search != "grid" or self.scheduler != "fifo"):
+            raise ValueError(f"strategy: rounds plans its trials itself: search: {self.search} and scheduler: "
+                             f"{self.scheduler} would do nothing; use search: grid and scheduler: fifo with it")
+        return self
 
     @model_validator(mode="after")
     def _grid_needs_lists(self) -> SweepConfig:

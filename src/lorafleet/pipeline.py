@@ -41,7 +41,7 @@ from lorafleet.data import Example
 from lorafleet.evaluate import SplitScores
 from lorafleet.export import Drift
 from lorafleet.metrics import SplitEvaluation
-from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, TrialOutcome
+from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome
 from lorafleet.sweep import DomainPlan
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,19 @@ class Finishing:
         self.failed: dict[str, DomainResult] = {}  # domains without a finished trial: nothing to finish
         self.tasks = TaskGroup()
 
-    def start(self, name: str, trials: list[TrialOutcome]) -> None:
-        """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended."""
+    def start(self, name: str, trials: list[TrialOutcome], story: SearchStory | None = None) -> None:
+        """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended (``story``: how its
+        staged search went, for that strategy)."""
         self.trials[name] = trials
-        if not any(t.finished for t in trials):
-            causes = "; ".join(dict.fromkeys(t.error or "no result" for t in trials)) or "no trial ran"  # each once
-            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials,
-                                                    self.plans[name].data.manifest.dataset_version)
+        version = self.plans[name].data.manifest.dataset_version
+        if story is not None and story.fix_prompt and not any(t.candidate for t in trials):
+            self.failed[name] = DomainResult.failed(name, f"staged search stopped: {story.stopped}", trials, version)
+            self.failed[name] = self.failed[name].model_copy(update={"search": story})
+            log.error("[%s] staged search stopped: %s", name, story.stopped)
+            return
+        if not any(t.candidate for t in trials):
+            causes = "; ".join(dict.fromkeys(t.ended_how or "no result" for t in trials)) or "no trial ran"  # once each
+            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials, version)
             log.error("[%s] every trial failed", name)
             return
         training = len(self.plans) - len(self.trials)
@@ -226,7 +232,7 @@ class Finishing:
         progress.info("[%s] trials done; finishing%s", name, meanwhile)
         # on the kind of node the trials used, unless the config says otherwise
         plan = self.plans[name]
-        self.tasks.submit(name, finish_domain, Call((plan, trials, self.context), plan.cfg.finish_resources))
+        self.tasks.submit(name, finish_domain, Call((plan, trials, self.context, story), plan.cfg.finish_resources))
 
     def results(self) -> dict[str, DomainResult]:
         """Every domain's result, once all finishing tasks ended."""
@@ -242,8 +248,10 @@ class Finishing:
         return results
 
 
-def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext) -> DomainResult:
-    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed."""
+def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext,
+                  story: SearchStory | None = None) -> DomainResult:
+    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed
+    (``story``: how the domain's staged search went, for its report)."""
     cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model_ref)
     selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
@@ -266,7 +274,7 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
                           dataset_version=plan.data.manifest.dataset_version, trials=trials, winner=winner.hparams,
                           test=test, golden=golden, drift=drift, gate=verdict,
                           artifacts=artifact_uris(publish.Storage(context.storage), context.run_id, cfg),
-                          timings=FinishTimings(**watch.seconds))
+                          timings=FinishTimings(**watch.seconds), search=story)
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
     with watch("report"):
         record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
@@ -298,7 +306,7 @@ class ModelScores:
 
 
 def choose_winner(cfg: DomainConfig, trials: list[TrialOutcome]) -> select.Selection:
-    selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
+    selection = select.pick_winner([t.metrics if t.candidate else None for t in trials], cfg.select.rule)
     progress.info("[%s] winner %s: %s", cfg.name, trials[selection.winner].hparams.label,
                   "; ".join(selection.notes) or "the only finished trial")
     return selection

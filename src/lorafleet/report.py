@@ -25,7 +25,7 @@ from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
 from lorafleet.lineage import Lineage
 from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
-from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome
+from lorafleet.results import DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome
 from lorafleet.select import Selection
 
 METRIC_ORDER = tuple(REGISTRY)
@@ -163,19 +163,35 @@ def _eval_blocks(split: SplitEvaluation, key: str, title: str) -> list[tuple]:
 
 def _trial_blocks(report: DomainReport) -> list[tuple]:
     trials = report.result.trials
-    hkeys = list(asdict(trials[0].hparams))
-    mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics))
+    # hyperparameters some trial has (a round's own steps and sequence length); metrics but the per-field ones
+    hkeys = [k for k in asdict(trials[0].hparams) if any(getattr(t.hparams, k) is not None for t in trials)]
+    mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics if not k.startswith("field_accuracy.")))
     restarted = any(t.restarts for t in trials)  # the column only when a worker, node or driver was lost
-    rows = [[str(i), *(_hp(getattr(t.hparams, k)) for k in hkeys), t.backend or "—",
-             *(_num(t.metrics.get(k)) for k in mkeys), *([_restarts(t)] if restarted else []),
-             "★" if i == report.winner else "", t.error or ""]
+    staged = any(t.round is not None for t in trials)
+    rows = [[str(i), *([str(t.round)] if staged else []), *(_hp(getattr(t.hparams, k)) for k in hkeys),
+             t.backend or "—", *(_num(t.metrics.get(k)) for k in mkeys), *([_restarts(t)] if restarted else []),
+             "★" if i == report.winner else "", t.ended_how]
             for i, t in enumerate(trials)]
-    header = ["#", *hkeys, "backend", *mkeys, *(["restarts"] if restarted else []), "winner", "error"]
-    blocks = [("h", 2, "Sweep"), ("table", "trials", header, rows,
-                                 ["winner" if i == report.winner else "" for i in range(len(trials))])]
+    header = ["#", *(["round"] if staged else []), *hkeys, "backend", *mkeys, *(["restarts"] if restarted else []),
+              "winner", "error"]
+    blocks = [("h", 2, "Sweep"), *_search_blocks(report.result.search),
+              ("table", "trials", header, rows, ["winner" if i == report.winner else "" for i in range(len(trials))])]
     if sel := report.selection:
         blocks.append(("p", f"Selection rule: {', '.join(sel.rule)}. {'; '.join(sel.notes)}"))
     return [*blocks, ("plots", report)]
+
+
+def _search_blocks(story: SearchStory | None) -> list[tuple]:
+    """The staged search, round by round: what produced each round's configs, and why the search stopped."""
+    if story is None:
+        return []
+    rows = [[str(n.round), n.why, ", ".join(n.trials), "; ".join(n.flags)] for n in story.rounds]
+    blocks = [("table", "rounds", ["round", "why these configs", "configs", "flags"], rows)]
+    if story.stopped:
+        fix = " The prompt or the output constraints need fixing, not the hyperparameters." if story.fix_prompt else ""
+        flags = f" Flags: {'; '.join(story.flags)}." if story.flags else ""
+        blocks.append(("p", f"The search stopped: {story.stopped}.{fix}{flags}"))
+    return blocks
 
 
 def _restarts(trial: TrialOutcome) -> str:

@@ -29,11 +29,47 @@ class TrialOutcome(BaseModel):
     error: str | None = None
     restarts: int = Field(0, description="Times the trial started again after a lost worker, node or driver.")
     resumed_from: list[int] = Field([], description="The checkpoint step each restart went on from (0: none yet).")
+    stopped_early_at: int | None = Field(
+        None, description="The step (ASHA's rung) at which the scheduler stopped the trial; None: not stopped early.")
+    round: int | None = Field(None, description="The staged search's round the trial belongs to (0: the smoke trial).")
     checkpoint: Any = Field(None, exclude=True)  # ray.tune.Checkpoint of the adapter, in the run's storage
 
     @property
     def finished(self) -> bool:
         return self.error is None and bool(self.metrics) and self.checkpoint is not None
+
+    @property
+    def candidate(self) -> bool:
+        """Whether the trial may win: finished, and not the staged search's smoke trial (too few steps)."""
+        return self.finished and self.round != 0
+
+    @property
+    def ended_how(self) -> str:
+        """Why a trial that did not finish has no result: its error, or where the scheduler stopped it."""
+        if self.error:
+            return self.error
+        return f"stopped early at step {self.stopped_early_at}" if self.stopped_early_at is not None else ""
+
+
+class RoundNote(BaseModel):
+    """One round of the staged search: the rule that produced its configs, flags for a person, its trials."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    why: str
+    flags: list[str] = []
+    trials: list[str] = []
+
+
+class SearchStory(BaseModel):
+    """How a domain's staged search went: each round, and why it stopped (``fix_prompt``: the verdict is that the
+    prompt or the output constraints need fixing, not the hyperparameters)."""
+
+    model_config = ConfigDict(frozen=True)
+    rounds: list[RoundNote] = []
+    stopped: str | None = None
+    fix_prompt: bool = False
+    flags: list[str] = []
 
 
 class Artifacts(BaseModel):
@@ -83,6 +119,7 @@ class DomainResult(BaseModel):
     gate: GateVerdict | None = None
     artifacts: Artifacts | None = None
     timings: FinishTimings | None = None
+    search: SearchStory | None = None
 
     @classmethod
     def failed(cls, name: str, error: str, trials: list[TrialOutcome] | None = None,

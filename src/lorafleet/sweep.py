@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorafleet import publish
 from lorafleet.base_model import GGUF_PREFIX
@@ -42,8 +42,11 @@ from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
 from lorafleet.lineage import sha256_file
-from lorafleet.results import TrialOutcome
+from lorafleet.results import SearchStory, TrialOutcome
 from lorafleet.train import TRIAL_RECORD, HParams
+
+if TYPE_CHECKING:  # search.py imports Ray Tune, which this module imports only where a sweep runs
+    from lorafleet.search import DomainSearch
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,11 @@ def _sample(spec: list | RangeSpec, rng: random.Random) -> float:
 
 
 def trial_hparams(cfg: DomainConfig) -> list[HParams]:
-    """The domain's trials: the full grid (times num_samples), or num_samples random draws (seeded)."""
+    """The domain's trials fixed before the sweep: the full grid (times num_samples), or num_samples random draws
+    (seeded); none for a search that chooses as it goes (optuna)."""
     space = cfg.sweep.space
+    if cfg.sweep.search == "optuna":
+        return []
     if cfg.sweep.search == "grid":
         grid = list(itertools.product(*(getattr(space, k) for k in SPACE_KEYS)))
         combos = grid * cfg.sweep.num_samples
@@ -102,6 +108,12 @@ def trial_hparams(cfg: DomainConfig) -> list[HParams]:
         rng = random.Random(cfg.sweep.seed)
         combos = [tuple(_sample(getattr(space, k), rng) for k in SPACE_KEYS) for _ in range(cfg.sweep.num_samples)]
     return [HParams.from_dict(dict(zip(SPACE_KEYS, combo))) for combo in combos]
+
+
+def space_ranks(cfg: DomainConfig) -> list[int]:
+    """Every LoRA rank a trial of the domain may get (a range: its largest), for sizing a trial's memory."""
+    ranks = cfg.sweep.space.lora_rank
+    return list(ranks) if isinstance(ranks, list) else [int(ranks.max)]
 
 
 def _trainable(config: dict[str, Any], plans: dict[str, DomainPlan], storage_uri: str, run_id: str) -> None:
@@ -189,15 +201,19 @@ def _checkpoint_step(folder: Path | None) -> int:
 
 
 def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[str, float]:
-    """Greedy answers on the validation split, scored like the test split: what ``select.rule`` ranks."""
+    """Greedy answers on the validation split, scored like the test split: what ``select.rule`` ranks, and each
+    answer field's accuracy (``field_accuracy.<field>``, what the staged search's rules read)."""
     from lorafleet import evaluate, metrics
 
     val = plan.data.val[: plan.cfg.eval.max_examples]
     answers = evaluate.generate(model, tokenizer, val, plan.cfg.eval.max_new_tokens, plan.cfg.eval.batch_size)
     scored = evaluate.score_answers(val, answers, plan.data.schema, plan.cfg.eval)
-    values = metrics.aggregate([a.score for a in scored], samples=1).values()
+    evaluation = metrics.aggregate([a.score for a in scored], samples=1)
+    values = evaluation.values()
     log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    return values
+    from lorafleet.search import FIELD_PREFIX
+
+    return {**values, **{FIELD_PREFIX + name: m.value for name, m in evaluation.fields.items()}}
 
 
 def _trial_label(spec: dict[str, Any]) -> str:
@@ -214,9 +230,10 @@ def _in_sweep(spec: dict[str, Any], fingerprints: dict[str, str]) -> bool:
     return fingerprints.get(spec["domain"]) == spec["fingerprint"]
 
 
-def trial_progress(fingerprints: dict[str, str], total: int):
+def trial_progress(fingerprints: dict[str, str], total: int | None):
     """A Tune callback (in the driver) that logs a line as each of this sweep's trials starts and ends
-    (``fingerprints``: the domains this sweep trains; leftover trials of others are not counted)."""
+    (``fingerprints``: the domains this sweep trains; leftover trials of others are not counted; ``total``: their
+    trials, None where a search chooses its trials as it goes)."""
     from ray.tune import Callback
 
     def ours(trial) -> bool:
@@ -225,6 +242,9 @@ def trial_progress(fingerprints: dict[str, str], total: int):
     def describe(trial) -> str:
         spec = trial.config["trial"]
         return f"[{spec['domain']}] trial {HParams.from_dict(spec).label}"
+
+    def count(done: int) -> str:
+        return f"{done}/{total} trials" if total is not None else f"{done} trials ended"
 
     class TrialProgress(Callback):
         def __init__(self):
@@ -242,11 +262,15 @@ def trial_progress(fingerprints: dict[str, str], total: int):
             self.done += 1
             result = trial.last_result or {}
             if result.get("stopped"):
-                log.error("%s STOPPED, %s (%d/%d trials)", describe(trial), result["stopped"], self.done, total)
+                log.error("%s STOPPED, %s (%s)", describe(trial), result["stopped"], count(self.done))
                 return
             shown = ", ".join(f"{k} {result[k]:.3f}" for k in KEY_TRIAL_METRICS if isinstance(result.get(k), float))
+            if _stopped_early(result):
+                progress.info("%s stopped early by ASHA at step %d: %s (%s)", describe(trial), result["step"], shown,
+                              count(self.done))
+                return
             seconds = time.time() - self.started.get(trial.trial_id, time.time())
-            progress.info("%s done in %.0f s: %s (%d/%d trials)", describe(trial), seconds, shown, self.done, total)
+            progress.info("%s done in %.0f s: %s (%s)", describe(trial), seconds, shown, count(self.done))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             if ours(trial):
@@ -256,31 +280,32 @@ def trial_progress(fingerprints: dict[str, str], total: int):
         def on_trial_error(self, iteration, trials, trial, **info):
             if ours(trial):
                 self.done += 1
-                log.error("%s FAILED (%d/%d trials); its error is in the worker logs", describe(trial), self.done,
-                          total)
+                log.error("%s FAILED (%s); its error is in the worker logs", describe(trial), count(self.done))
 
     return TrialProgress()
 
 
-DomainTrained = Callable[[str, list[TrialOutcome]], None]
+DomainTrained = Callable[[str, list[TrialOutcome], SearchStory | None], None]
 
 
-def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained):
-    """A Tune callback (in the driver) that calls ``announce(domain, outcomes)`` as soon as every trial of one
-    of ``plans``' domains in the experiment ended: completed, or failed for good (Tune calls ``on_trial_error``
-    only for a trial it will not retry). Trials restored as ended count; leftover trials of others do not."""
+def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained, searcher: DomainSearch):
+    """A Tune callback (in the driver) that calls ``announce(domain, outcomes)`` as soon as one of ``plans``'
+    domains has no trial left to suggest (``searcher``, the experiment's searcher, which Tune tells of an ended trial
+    before its callbacks) and every trial of it ended: completed, stopped, or failed for good (Tune calls
+    ``on_trial_error`` only for a trial it will not retry). Trials restored as ended count; leftover trials of others
+    do not."""
     from ray.tune import Callback
     from ray.tune.experiment import Trial
 
     class DomainsTrained(Callback):
         # all state is passed in, none captured: Tune pickles this class with its RunConfig into tuner.pkl
-        def __init__(self, fingerprints: dict[str, str], trial_counts: dict[str, int], announce: DomainTrained):
-            self.fingerprints, self.trial_counts, self.announce = fingerprints, trial_counts, announce
+        def __init__(self, fingerprints: dict[str, str], announce: DomainTrained, searcher: DomainSearch):
+            self.fingerprints, self.announce, self.searcher = fingerprints, announce, searcher
 
         def __getstate__(self):
-            # the hook holds the driver's live state (finishing tasks), no business in the experiment folder; a
-            # restored experiment gets this attempt's callbacks
-            return {**self.__dict__, "announce": None}
+            # the hook holds the driver's live state (finishing tasks), and the searcher is saved by Tune on its own:
+            # no business in the experiment folder; a restored experiment gets this attempt's callbacks
+            return {**self.__dict__, "announce": None, "searcher": None}
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.announce_if_trained(trials, trial)
@@ -294,17 +319,16 @@ def domains_trained(plans: dict[str, DomainPlan], announce: DomainTrained):
             domain = ended.config["trial"]["domain"]
             mine = [t for t in trials if t.config["trial"]["domain"] == domain
                     and _in_sweep(t.config["trial"], self.fingerprints)]
-            # Tune creates trials as it goes (200 pending at most), and marks one TERMINATED after on_trial_complete
-            if len(mine) < self.trial_counts[domain] or any(
+            # Tune creates trials as the searcher suggests them, and marks one TERMINATED after on_trial_complete
+            if not self.searcher.exhausted(domain) or any(
                     t is not ended and t.status not in (Trial.TERMINATED, Trial.ERROR) for t in mine):
                 return
             try:
-                self.announce(domain, [_trial_outcome(t) for t in mine])
+                self.announce(domain, [_trial_outcome(t) for t in mine], self.searcher.story(domain))
             except Exception:  # noqa: BLE001 - Tune would take it for the trial's own error and retry the trial
                 log.exception("[%s] not handed over as its trials ended; it will be when the sweep ends", domain)
 
-    return DomainsTrained({d: p.fingerprint for d, p in plans.items()},
-                          {d: len(trial_hparams(p.cfg)) for d, p in plans.items()}, announce)
+    return DomainsTrained({d: p.fingerprint for d, p in plans.items()}, announce, searcher)
 
 
 @dataclass(frozen=True)
@@ -353,17 +377,16 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
     gpu_shares = trial_gpu_shares(plans)
     announced: set[str] = set()
 
-    def announce(domain: str, trials: list[TrialOutcome]) -> None:
+    def announce(domain: str, trials: list[TrialOutcome], story: SearchStory | None) -> None:
         if on_domain_trained is not None and domain not in announced:
-            on_domain_trained(domain, trials)
+            on_domain_trained(domain, trials, story)
             announced.add(domain)  # only once it went through: a hook that raised is tried again after the fit
 
     outcomes: dict[str, list[TrialOutcome]] = {}
     for experiment in _experiments(plans, storage, run_id):
-        trained = _fit(experiment, gpu_shares, storage, run_id, verbose,
-                       [*(callbacks or []), domains_trained(experiment.plans, announce)])
+        trained, searcher = _fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or [], announce)
         for domain, trials in trained.items():  # those whose trials had all ended in an earlier attempt
-            announce(domain, trials)
+            announce(domain, trials, searcher.story(domain))
         outcomes.update(trained)
     return outcomes
 
@@ -374,7 +397,7 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
     from lorafleet.base_model import cache_root
 
     auto = {d: packing.PackingRequest(
-                shape=packing.TrialShape.of(p.cfg.base_model_ref, p.cfg.train, [hp.lora_rank for hp in trial_hparams(p.cfg)],
+                shape=packing.TrialShape.of(p.cfg.base_model_ref, p.cfg.train, space_ranks(p.cfg),
                                             p.cfg.trust_remote_code),
                 examples=packing.probe_examples(p.data.train, p.cfg.train.batch_size),
                 cpus_per_trial=p.cfg.sweep.resources_per_trial.cpu, finishing_gpu=p.cfg.finish_resources.gpu)
@@ -384,13 +407,18 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
 
 
 def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish.Storage, run_id: str, verbose: bool,
-         callbacks: list) -> dict[str, list[TrialOutcome]]:
+         callbacks: list, announce: DomainTrained) -> tuple[dict[str, list[TrialOutcome]], DomainSearch]:
+    """The experiment's trials by domain once its fit returned, and its searcher (as restored, for a rerun)."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
+    from lorafleet import search
+
     plans = experiment.plans
-    specs = [{"domain": d, "fingerprint": plan.fingerprint, **vars(hp)}
-             for d, plan in plans.items() for hp in trial_hparams(plan.cfg)]
+    fixed = {d: trial_hparams(plan.cfg) for d, plan in plans.items()}
+    strategies = {d: search.strategy(plan.cfg, fixed[d]) for d, plan in plans.items()}
+    totals = [s.total for s in strategies.values()]
+    total = sum(totals) if None not in totals else None
 
     def resources(config: dict[str, Any]) -> PlacementGroupFactory:
         domain = config["trial"]["domain"]
@@ -401,28 +429,36 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
     tune_path, tune_fs = storage.tune_location(run_id)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, plans=plans, storage_uri=storage.uri, run_id=run_id), resources)
-    callbacks = [trial_progress({d: p.fingerprint for d, p in plans.items()}, len(specs)), *callbacks]
+    callbacks = [trial_progress({d: p.fingerprint for d, p in plans.items()}, total), *callbacks]
     if experiment.restore:
         progress.info("sweep: resuming the interrupted sweep %s for %s", experiment.name, ", ".join(plans))
         tuner = tune.Tuner.restore(f"{tune_path}/{experiment.name}", trainable, resume_errored=True,
                                    storage_filesystem=tune_fs)
-        # Tune restores the earlier attempt's callbacks (pickled with its RunConfig) and has no public way to
-        # replace them; this attempt's progress counts only the domains it trains
-        run_config = tuner._local_tuner.get_run_config()  # noqa: SLF001
-        run_config.callbacks, run_config.verbose = callbacks, 1 if verbose else 0
+        # Tune restores the earlier attempt's searcher (its state saved with the experiment) and callbacks (pickled
+        # with its RunConfig) and has no public way to replace the callbacks; this attempt's progress counts only the
+        # domains it trains, and hands a domain over when the restored searcher has nothing left of it
+        restored = tuner._local_tuner  # noqa: SLF001
+        run_config = restored.get_run_config()
+        domain_search = restored._tune_config.search_alg  # noqa: SLF001
+        run_config.callbacks = [*callbacks, domains_trained(plans, announce, domain_search)]
+        run_config.verbose = 1 if verbose else 0
     else:
-        progress.info("sweep: %d trials over %d domains (%s)", len(specs), len(plans), ", ".join(plans))
+        shown = f"{total} trials" if total is not None else "trials chosen as the search goes"
+        progress.info("sweep: %s over %d domains (%s)", shown, len(plans), ", ".join(plans))
+        domain_search = search.DomainSearch(strategies, {d: p.fingerprint for d, p in plans.items()})
+        schedulers = search.domain_schedulers({d: (p.cfg, len(p.data.train)) for d, p in plans.items()})
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(specs)},
             # warm workers: a trial's process runs the next trial of the same resources, so torch, TRL (and on
             # CUDA Unsloth) are imported and the base loaded once per worker, not once per trial; an errored
             # trial's worker is replaced
-            tune_config=tune.TuneConfig(reuse_actors=all(p.cfg.sweep.reuse_workers for p in plans.values()),
+            tune_config=tune.TuneConfig(search_alg=domain_search, scheduler=schedulers, num_samples=-1,
+                                        reuse_actors=all(p.cfg.sweep.reuse_workers for p in plans.values()),
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=experiment.name, storage_path=tune_path, storage_filesystem=tune_fs,
-                                      verbose=1 if verbose else 0, callbacks=callbacks,
+                                      verbose=1 if verbose else 0,
+                                      callbacks=[*callbacks, domains_trained(plans, announce, domain_search)],
                                       # trials restart from their last checkpoint; only the newest is kept
                                       failure_config=tune.FailureConfig(
                                           max_failures=max(p.cfg.train.max_failures for p in plans.values())),
@@ -430,7 +466,7 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
         )
     with library_prints_to_log():
         grid = tuner.fit()
-    return _outcomes(grid, plans)
+    return _outcomes(grid, plans), domain_search
 
 
 def _outcomes(grid, plans: dict[str, DomainPlan]) -> dict[str, list[TrialOutcome]]:
@@ -468,14 +504,23 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
              checkpoint) -> TrialOutcome:
     """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
     ended it (None if it completed) and its last checkpoint."""
-    finished = error is None and checkpoint is not None and "stopped" not in reported
+    finished = error is None and checkpoint is not None and "stopped" not in reported and not _stopped_early(reported)
     return TrialOutcome(
         hparams=HParams.from_dict(spec), backend=reported.get("backend"),
         load_in_4bit=bool(reported.get("load_in_4bit", False)),
-        metrics=_trial_metrics(reported) if finished else {}, history=reported.get("history", []),
+        metrics=_trial_metrics(reported) if finished or _stopped_early(reported) else {},
+        history=reported.get("history", []),
         error=error_text(error) if error is not None else reported.get("stopped"),
         restarts=int(reported.get("restarts", 0)), resumed_from=reported.get("resumed_from", []),
+        stopped_early_at=int(reported["step"]) if _stopped_early(reported) and error is None else None,
+        round=spec.get("round"),
         checkpoint=checkpoint if finished else None)
+
+
+def _stopped_early(reported: dict[str, Any]) -> bool:
+    """Whether a trial's last report is one from the middle of its training: the scheduler (ASHA) stopped it there.
+    A trial's own end always reports its backend; a guard's stop, its reason; a skipped leftover, that."""
+    return bool(reported) and "step" in reported and not {"backend", "stopped", "skipped"} & reported.keys()
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")

@@ -42,18 +42,33 @@ _loaded_base: tuple[tuple, tuple[Any, Any]] | None = None
 
 @dataclass(frozen=True)
 class HParams:
+    """A trial's hyperparameters; ``max_steps`` and ``max_seq_length``, where a search sets them (the staged
+    search's rounds), replace the domain's train settings for that trial."""
+
     lora_rank: int
     learning_rate: float
     epochs: int
+    max_steps: int | None = None
+    max_seq_length: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HParams:
-        return cls(lora_rank=int(d["lora_rank"]), learning_rate=float(d["learning_rate"]), epochs=int(d["epochs"]))
+        optional = {k: int(d[k]) for k in ("max_steps", "max_seq_length") if d.get(k) is not None}
+        return cls(lora_rank=int(d["lora_rank"]), learning_rate=float(d["learning_rate"]), epochs=int(d["epochs"]),
+                   **optional)
 
     @property
     def label(self) -> str:
-        """How logs and trial folders name a trial: ``r16 lr0.002 e3``."""
-        return f"r{self.lora_rank} lr{self.learning_rate:g} e{self.epochs}"
+        """How logs and trial folders name a trial: ``r16 lr0.002 e3`` (``r16 lr0.0002 e1 s200 L1024`` with steps
+        and sequence length of its own)."""
+        own = "".join(f" {p}{v}" for p, v in (("s", self.max_steps), ("L", self.max_seq_length)) if v is not None)
+        return f"r{self.lora_rank} lr{self.learning_rate:g} e{self.epochs}{own}"
+
+    def applied_to(self, train_cfg: TrainConfig) -> TrainConfig:
+        """The domain's train settings as this trial trains: with its own max_steps and max_seq_length, if any."""
+        own = {k: v for k, v in (("max_steps", self.max_steps), ("max_seq_length", self.max_seq_length))
+               if v is not None}
+        return train_cfg.model_copy(update=own) if own else train_cfg
 
 
 @dataclass
@@ -336,6 +351,7 @@ def train_trial(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
     same effective batch), at most ``OOM_RETRIES`` times; ``metrics["oom_retries"]`` counts them."""
     import torch
 
+    train_cfg = hp.applied_to(train_cfg)
     retries = 0
     while True:
         try:

@@ -52,9 +52,9 @@ def test_a_domain_is_finished_while_another_still_trains(local_ray, small_base, 
     real_run_sweep = sweep.run_sweep
 
     def run_sweep(*args, on_domain_trained, callbacks=(), **kwargs):
-        def record(domain, trials):
+        def record(domain, trials, story):
             announced[domain] = trials
-            on_domain_trained(domain, trials)
+            on_domain_trained(domain, trials, story)
 
         returned.update(real_run_sweep(*args, callbacks=[*callbacks, TrialEnds()], on_domain_trained=record, **kwargs))
         return returned
@@ -95,7 +95,7 @@ def test_a_domain_whose_trials_ended_in_an_earlier_attempt_is_handed_over_once(l
     def attempt():
         announced = []
         returned = sweep.run_sweep(plans, storage, "again",
-                                   on_domain_trained=lambda domain, trials: announced.append((domain, trials)))
+                                   on_domain_trained=lambda domain, trials, story: announced.append((domain, trials)))
         assert sorted(d for d, _ in announced) == ["crash", "medical"]  # each exactly once
         for domain, trials in announced:
             assert len(trials) == len(returned[domain]) and all(map(_same, trials, returned[domain])), domain
