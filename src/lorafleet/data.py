@@ -68,6 +68,16 @@ class PreparedData:
     def split(self, name: str) -> list[Example]:
         return getattr(self, name)
 
+    @property
+    def eval_set_version(self) -> str:
+        """sha256 of the records a model is judged on (validation, test and golden, as prepared): a trial's selection
+        and a model's scores compare only where it is the same."""
+        digest = hashlib.sha256()
+        for name in ("val", "test", "golden"):
+            for e in self.split(name):
+                digest.update(json.dumps([name, e.id, e.prompt, e.completion], sort_keys=True).encode() + b"\n")
+        return digest.hexdigest()
+
 
 # ---- format adapters: record -> (prompt turns, answer) ------------------------------------------
 

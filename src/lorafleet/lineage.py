@@ -72,6 +72,12 @@ def _feed(digest, path: Path) -> None:
             digest.update(block)
 
 
+def prompt_sha256(system_prompt: str | None, chat_template: str | None) -> str:
+    """What every record is asked with besides its own text: the domain's system prompt and the tokenizer's chat
+    template; a model's answers compare with another's only where this is the same."""
+    return hashlib.sha256(json.dumps([system_prompt, chat_template]).encode()).hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     _feed(digest, Path(path))

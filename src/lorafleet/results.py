@@ -16,6 +16,18 @@ DomainStatus = Literal["published", "gated", "failed", "unchanged"]
 RunStatus = Literal["succeeded", "partial", "failed"]
 
 
+class TrialLineage(BaseModel):
+    """What one trial's result depends on besides its hyperparameters, as a model registry keeps it: the prompt
+    (system prompt + chat template), the records it was judged on, the data it trained on, and its train settings
+    as it trained (a round's own steps and sequence length applied)."""
+
+    model_config = ConfigDict(frozen=True)
+    prompt_sha256: str
+    eval_set_version: str
+    dataset_version: str
+    train: dict[str, Any]
+
+
 class TrialOutcome(BaseModel):
     """One trial as the sweep ended it: its hyperparameters, backend, final metrics (validation answers
     included) and log history, or the error that stopped it."""
@@ -32,6 +44,7 @@ class TrialOutcome(BaseModel):
     stopped_early_at: int | None = Field(
         None, description="The step (ASHA's rung) at which the scheduler stopped the trial; None: not stopped early.")
     round: int | None = Field(None, description="The staged search's round the trial belongs to (0: the smoke trial).")
+    lineage: TrialLineage | None = None
     checkpoint: Any = Field(None, exclude=True)  # ray.tune.Checkpoint of the adapter, in the run's storage
 
     @property

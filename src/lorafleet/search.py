@@ -127,7 +127,8 @@ class RoundsTrials:
         if config is None:
             return
         result = result or {}
-        numbers = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {k: float(v) for k, v in result.items()  # Tune flattens nested values (lineage/...): not metrics
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" not in k}
         self.ended.append(rounds.Observed(
             config, metrics={k: v for k, v in numbers.items() if not k.startswith(FIELD_PREFIX)},
             fields={k[len(FIELD_PREFIX):]: v for k, v in numbers.items() if k.startswith(FIELD_PREFIX)},

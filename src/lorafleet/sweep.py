@@ -41,8 +41,8 @@ from lorafleet.base_model import GGUF_PREFIX
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
 from lorafleet.data import PreparedData
-from lorafleet.lineage import sha256_file
-from lorafleet.results import SearchStory, TrialOutcome
+from lorafleet.lineage import prompt_sha256, sha256_file
+from lorafleet.results import SearchStory, TrialLineage, TrialOutcome
 from lorafleet.train import TRIAL_RECORD, HParams
 
 if TYPE_CHECKING:  # search.py imports Ray Tune, which this module imports only where a sweep runs
@@ -164,17 +164,27 @@ def _run_trial(plan: DomainPlan, spec: dict[str, Any], label: str, work: Path, s
             tune.report({"step": state.global_step, "checkpoint_step": state.global_step, **restarts},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
+    hparams, chat_template = HParams.from_dict(spec), []
+
+    def after_training(model, tokenizer) -> dict[str, float]:
+        chat_template.append(tokenizer.chat_template)
+        return validation_metrics(plan, model, tokenizer, label)
+
     try:
-        result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, HParams.from_dict(spec), plan.data.train,
-                             plan.data.val, work, callbacks=[ReportToTune()], resume_from=resume_from,
-                             after_training=lambda model, tokenizer: validation_metrics(plan, model, tokenizer, label),
+        result = train_trial(plan.cfg.base_model_ref, plan.cfg.train, hparams, plan.data.train, plan.data.val, work,
+                             callbacks=[ReportToTune()], resume_from=resume_from, after_training=after_training,
                              trust_remote_code=plan.cfg.trust_remote_code)
     except TrialStopped as stopped:  # ends the trial as failed with its reason; not an error Tune would retry
         log.warning("[%s] %s", label, stopped)
         tune.report({"stopped": str(stopped), "started_at": started_at, **restarts})
         return
+    trial_lineage = TrialLineage(prompt_sha256=prompt_sha256(plan.cfg.system_prompt, chat_template[0]),
+                                 eval_set_version=plan.data.eval_set_version,
+                                 dataset_version=plan.data.manifest.dataset_version,
+                                 train=hparams.applied_to(plan.cfg.train).model_dump(mode="json"))
     final = {**result.metrics, "backend": result.backend, "load_in_4bit": result.load_in_4bit,
-             "history": result.history, "step": result.metrics["steps"], "started_at": started_at, **restarts}
+             "history": result.history, "step": result.metrics["steps"], "started_at": started_at, **restarts,
+             "lineage": trial_lineage.model_dump()}
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(result.adapter_dir))
 
 
@@ -513,7 +523,7 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
         error=error_text(error) if error is not None else reported.get("stopped"),
         restarts=int(reported.get("restarts", 0)), resumed_from=reported.get("resumed_from", []),
         stopped_early_at=int(reported["step"]) if _stopped_early(reported) and error is None else None,
-        round=spec.get("round"),
+        round=spec.get("round"), lineage=reported.get("lineage") if finished else None,
         checkpoint=checkpoint if finished else None)
 
 

@@ -36,6 +36,11 @@ def test_rounds_plan_the_trials_and_a_failed_smoke_gate_stops_the_domain(small_b
     assert sorted(t.hparams.max_steps for t in medical.trials if t.round == 1) == [6, 8, 12]
     assert all(t.metrics["steps"] == t.hparams.max_steps for t in medical.trials)  # each trained its round's steps
     assert medical.winner != medical.trials[0].hparams  # the smoke trial never wins
+    # each trial's lineage: the same prompt and judged records, its own train settings as it trained
+    assert len({(t.lineage.prompt_sha256, t.lineage.eval_set_version, t.lineage.dataset_version)
+                for t in medical.trials}) == 1 and len(medical.trials[0].lineage.prompt_sha256) == 64
+    assert all(t.lineage.train["max_steps"] == t.hparams.max_steps and t.lineage.train["max_seq_length"] ==
+               t.hparams.max_seq_length for t in medical.trials)
     story = medical.search
     # 8 new tokens make no JSON: every round scores 0, so round 2 improves on round 1 by less than the margin
     assert [n.round for n in story.rounds] == [0, 1, 2] and "less than min_improvement 0.3" in story.stopped

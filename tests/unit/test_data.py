@@ -119,3 +119,18 @@ def test_golden_set_is_loaded_and_a_bad_answer_names_file_and_line(domain_copy):
     golden.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"golden\.jsonl:3: the answer breaks the schema: .*required"):
         prepare(load_domain(path))
+
+
+def test_the_eval_set_version_changes_with_a_judged_record_and_not_with_a_training_one(domain_copy):
+    from dataclasses import replace
+
+    from lorafleet import data
+    from lorafleet.config import load_domain
+
+    prepared = data.prepare(load_domain(domain_copy("medical")))
+    version = prepared.eval_set_version
+    assert len(version) == 64 and version == data.prepare(load_domain(domain_copy("medical"))).eval_set_version
+    prepared.train[0] = replace(prepared.train[0], completion="{}")
+    assert prepared.eval_set_version == version
+    prepared.test[0] = replace(prepared.test[0], completion="{}")
+    assert prepared.eval_set_version != version
