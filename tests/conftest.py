@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS_DIR = REPO / "configs" / "domains"
@@ -176,3 +177,11 @@ def closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+def rewrite_yaml(path: Path, edit) -> Path:
+    """A domain YAML edited in place: ``edit(raw)`` changes the parsed mapping, which is written back."""
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw))
+    return path

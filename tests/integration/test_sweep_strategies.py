@@ -30,8 +30,19 @@ def test_asha_stops_the_trials_behind_and_optuna_chooses_trials_one_after_anothe
         assert domain not in handed_over and story is None  # only the staged search tells a story
         handed_over[domain] = trials
 
+    from ray.tune import Callback
+
+    class Workers(Callback):
+        pids: set[int] = set()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.pids.add(result["pid"])
+
     outcomes = sweep.run_sweep({d.name: sweep.DomainPlan(d, data.prepare(d)) for d in (medical, contracts)},
-                               publish.Storage(str(tmp_path / "store")), "strategies", on_domain_trained=on_trained)
+                               publish.Storage(str(tmp_path / "store")), "strategies", callbacks=[Workers()],
+                               on_domain_trained=on_trained)
+    # one trial at a time on one warm worker: a trial ASHA stopped handed its process on to the next trial
+    assert len(Workers.pids) == 1, Workers.pids
 
     by_lr = sorted(outcomes["medical"], key=lambda t: -t.hparams.learning_rate)
     good, behind = by_lr[0], by_lr[1:]

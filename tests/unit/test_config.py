@@ -14,7 +14,7 @@ from lorafleet.config import (
     merge_overrides,
     parse_overrides,
 )
-from tests.conftest import DOMAINS_DIR
+from tests.conftest import DOMAINS_DIR, rewrite_yaml
 
 BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary"]
 
@@ -27,13 +27,6 @@ def test_every_shipped_config_loads():
     assert formats == {"messages", "conversations", "alpaca"}
 
 
-def _rewrite(path: Path, edit) -> Path:
-    raw = yaml.safe_load(path.read_text())
-    edit(raw)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_malformed_yaml_names_file_and_line(domain_copy):
     path = domain_copy("contracts")
     lines = path.read_text().splitlines()
@@ -44,20 +37,20 @@ def test_malformed_yaml_names_file_and_line(domain_copy):
 
 
 def test_unknown_key_is_rejected_with_its_field(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["train"].update(max_stpes=3))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["train"].update(max_stpes=3))
     with pytest.raises(ConfigError, match=r"contracts.yaml: train.max_stpes: Extra inputs are not permitted"):
         load_domain(path)
 
 
 def test_mistyped_value_names_field(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["train"].update(batch_size="eight"))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["train"].update(batch_size="eight"))
     with pytest.raises(ConfigError, match=r"train.batch_size"):
         load_domain(path)
 
 
 @pytest.mark.parametrize("bad_name", ["../x", "a/b", "", "Upper", "x" * 64, "a\x00b", ".hidden"])
 def test_bad_domain_names_are_rejected(domain_copy, bad_name):
-    path = _rewrite(domain_copy("contracts"), lambda r: r.update(name=bad_name))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r.update(name=bad_name))
     with pytest.raises(ConfigError, match=r"name: Value error, domain name"):
         load_domain(path)
 
@@ -70,13 +63,13 @@ def test_python_tags_are_not_constructed(domain_copy):
 
 
 def test_missing_schema_file_is_named(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r.update(output_schema="contracts/nope.json"))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r.update(output_schema="contracts/nope.json"))
     with pytest.raises(ConfigError, match=r"output_schema: file not found: .*contracts/nope.json"):
         load_domain(path)
 
 
 def test_grid_search_rejects_a_range(domain_copy):
-    path = _rewrite(domain_copy("contracts"),
+    path = rewrite_yaml(domain_copy("contracts"),
                     lambda r: r["sweep"]["space"].update(learning_rate={"min": 1e-4, "max": 1e-2, "log": True}))
     with pytest.raises(ConfigError, match=r"grid search needs a list"):
         load_domain(path)
@@ -180,7 +173,7 @@ def test_removed_sweep_metric_and_mode_are_named_with_what_replaced_them(domain_
 
     assert not {"metric", "mode"} & set(config.SweepConfig.model_fields)
     assert not hasattr(config, "Choice")
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(metric="eval_loss", mode="min"))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(metric="eval_loss", mode="min"))
     with pytest.raises(ConfigError) as err:
         load_domain(path)
     assert str(err.value) == (
@@ -258,7 +251,7 @@ def test_consistent_combinations_load(domain_copy, overrides):
 
 
 def _gguf_base(domain_copy, base_model: str) -> Path:
-    return _rewrite(domain_copy("contracts"), lambda r: r.update(base_model=base_model))
+    return rewrite_yaml(domain_copy("contracts"), lambda r: r.update(base_model=base_model))
 
 
 def _gguf_header_only(path: Path, architecture: str) -> Path:
@@ -358,7 +351,7 @@ SLACK_URL = "https://hooks.slack.com/services/T0LORA/B0FLEET/canary-url-in-confi
 def test_a_webhook_url_in_a_config_is_refused_naming_file_and_field_never_the_url(domain_copy, value):
     import traceback
 
-    path = _rewrite(domain_copy("contracts"), lambda r: r.update(notify={"webhook_env": value}))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r.update(notify={"webhook_env": value}))
     with pytest.raises(ConfigError) as refused:
         load_domain(path)
     message = str(refused.value)

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
-import yaml
 
 from lorafleet.config import ConfigError, RankKey, RoundsConfig, load_domain
 from lorafleet.rounds import (
@@ -18,6 +16,7 @@ from lorafleet.rounds import (
     pick_with,
     plan_next,
 )
+from tests.conftest import rewrite_yaml
 
 # the team plan's selection: schema pass first (>= 0.98), then score (within half a point a tie), then grounding
 PICK = pick_with([RankKey(metric="schema_pass_rate", mode="max", threshold=0.98),
@@ -296,35 +295,28 @@ def test_decisions_do_not_depend_on_dict_or_trial_order():
 
 # settings in the config ----------------------------------------------------------------------------------------------
 
-def _rewrite(path: Path, edit) -> Path:
-    raw = yaml.safe_load(path.read_text())
-    edit(raw)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_rounds_without_a_section_is_rejected_naming_the_smoke_gate(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds"))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds"))
     with pytest.raises(ConfigError, match=r"contracts.yaml: sweep: Value error, strategy: rounds needs a rounds section "
                                           r"with its round-0 gate, sweep.rounds.smoke_gate"):
         load_domain(path)
 
 
 def test_rounds_with_a_null_smoke_gate_is_rejected_naming_the_field(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds={"smoke_gate": None}))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds={"smoke_gate": None}))
     with pytest.raises(ConfigError, match=r"contracts.yaml: sweep.rounds.smoke_gate: Value error, the staged search "
                                           r"needs a round-0 gate"):
         load_domain(path)
 
 
 def test_a_rounds_section_without_the_rounds_strategy_is_rejected(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(rounds={"smoke_gate": 0.9}))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(rounds={"smoke_gate": 0.9}))
     with pytest.raises(ConfigError, match=r"sweep: Value error, rounds: read only by strategy: rounds"):
         load_domain(path)
 
 
 def test_rounds_settings_load_with_their_defaults(domain_copy):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds={}))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds={}))
     cfg = load_domain(path)
     r = cfg.sweep.rounds
     assert (r.smoke_steps, r.smoke_gate, r.base_learning_rate, r.base_steps, r.lora_rank, r.max_seq_length) == (
@@ -345,6 +337,6 @@ def test_rounds_settings_load_with_their_defaults(domain_copy):
     ({"max_seq_length": 8192}, r"sweep.rounds: Value error, max_seq_length \(8192\) is above max_seq_length_cap"),
 ])
 def test_bad_rounds_settings_name_their_field(domain_copy, rounds, message):
-    path = _rewrite(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds=rounds))
+    path = rewrite_yaml(domain_copy("contracts"), lambda r: r["sweep"].update(strategy="rounds", rounds=rounds))
     with pytest.raises(ConfigError, match=message):
         load_domain(path)
