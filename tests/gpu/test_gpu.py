@@ -169,6 +169,36 @@ def test_a_killed_unsloth_trial_resumes_from_its_checkpoint_on_the_gpu(ray_gpu, 
     assert abs(resumed.metrics["eval_loss"] - first.metrics["eval_loss"]) < 1e-2 * first.metrics["eval_loss"]
 
 
+def test_trials_asha_stops_give_their_gpu_memory_back_to_the_next_trial(ray_gpu, tmp_path):
+    """Five Unsloth trials in turn on one warm worker under ASHA: the three that learn nothing (lr 1e-9) are stopped
+    at their first rung; the worker goes on to the next trial (the same process), and GPU memory after the last
+    trial is within 200 MiB of after the first: a stopped trial's adapter and optimizer were freed."""
+    from ray.tune import Callback
+
+    after_each, pids = [], set()
+
+    class Memory(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            pids.add(result["pid"])
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            after_each.append(gpu_used_mib())
+
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {
+        "base_model": BASE, "train": {"max_steps": 12, "eval_steps": 4, "max_seq_length": 256},
+        "eval": {"max_examples": 2, "max_new_tokens": 8},
+        "sweep": {"space": {"lora_rank": [16], "learning_rate": [2e-3, 1e-9, 1e-9, 1e-9, 2e-3]},
+                  "resources_per_trial": {"cpu": 1, "gpu": 1},
+                  "scheduler": "asha", "asha": {"grace_period": 4, "reduction_factor": 2}}})
+    outcomes = run_sweep({"contracts": DomainPlan(cfg, prepare(cfg))}, Storage(str(tmp_path / "store")), "asha",
+                         callbacks=[Memory()])["contracts"]
+    print(f"after each trial: {after_each} MiB; stopped at {[o.stopped_early_at for o in outcomes]}")
+    assert [o.stopped_early_at for o in outcomes] == [None, 4, 4, 4, None]
+    assert outcomes[0].finished and outcomes[-1].finished and outcomes[-1].backend == "unsloth"
+    assert len(pids) == 1 and len(after_each) == 5
+    assert after_each[-1] <= after_each[0] + 200, after_each
+
+
 def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):
     """The probe runs as a Ray task (Unsloth is imported by workers only) on the whole GPU."""
     import json
