@@ -3,12 +3,14 @@ and by the staged rounds, each a whole run (sweep, winner, evaluation on the tes
 another on the same Ray.
 
     python bench/sweep_efficiency.py [--domains contracts,medical] [--strategies grid,asha,rounds]
+                                     [--learning-rates 5e-4,1e-3,2e-3] [--epochs 1,2] [--rounds-steps 80]
                                      [--profile configs/profiles/gpu.yaml] [--set key=value ...] [--out DIR]
 
-The space, for grid and ASHA: lora_rank 4/8/16 x learning_rate 5e-4/1e-3/2e-3 x epochs 1/2 (18 trials a domain,
-train.max_steps off so epochs count); ASHA: grace period --grace steps, reduction factor 3. Rounds: its defaults
-with the grid's middle learning rate and rank, base steps = one epoch, and --smoke-gate (the tiny model's answers
-pass no schema after a few steps). --set applies to every strategy (e.g. sweep.resources_per_trial.gpu=0.5).
+The space, for grid and ASHA: lora_rank 4/8/16 x the learning rates x the epochs (18 trials a domain by default,
+train.max_steps off so epochs count); ASHA: grace period --grace steps, reduction factor 3 (set train.eval_steps at
+most the grace period, so that trials report at the first rung). Rounds: its defaults with the grid's middle
+learning rate and rank, --rounds-steps as its base steps and --smoke-gate. --set applies to every strategy (e.g.
+sweep.resources_per_trial.gpu=0.5).
 
 Prints per domain and strategy: trials (finished / stopped early), trial-seconds (each trial's start to end, as the
 driver saw it), GPU-hours (trial-seconds x the trial's GPU share) and CPU-core-hours, their ratio to the grid's, the
@@ -32,20 +34,23 @@ sys.path.insert(0, str(REPO / "src"))
 
 from lorafleet.config import find_domain_files, load_overrides_file, merge_overrides, parse_overrides  # noqa: E402
 
-SPACE = {"lora_rank": [4, 8, 16], "learning_rate": [5e-4, 1e-3, 2e-3], "epochs": [1, 2]}
+RANKS = [4, 8, 16]
 
 
-def strategy_overrides(name: str, grace: int, smoke_gate: float, one_epoch: int) -> dict:
-    grid = {"sweep": {"space": SPACE, "search": "grid", "num_samples": 1}, "train": {"max_steps": None}}
+def strategy_overrides(name: str, args: argparse.Namespace) -> dict:
+    rates, epochs = [float(x) for x in args.learning_rates.split(",")], [int(x) for x in args.epochs.split(",")]
+    space = {"lora_rank": RANKS, "learning_rate": rates, "epochs": epochs}
+    grid = {"sweep": {"space": space, "search": "grid", "num_samples": 1}, "train": {"max_steps": None}}
     if name == "grid":
         return grid
     if name == "asha":
         return merge_overrides(grid, {"sweep": {"scheduler": "asha",
-                                                "asha": {"grace_period": grace, "reduction_factor": 3}}})
+                                                "asha": {"grace_period": args.grace, "reduction_factor": 3}}})
     if name == "rounds":
         return {"train": {"max_steps": None}, "sweep": {"strategy": "rounds", "rounds": {
-            "smoke_gate": smoke_gate, "base_learning_rate": 1e-3, "lora_rank": 8, "base_steps": one_epoch,
-            "smoke_steps": max(one_epoch // 4, 1)}}}
+            "smoke_gate": args.smoke_gate, "base_learning_rate": rates[len(rates) // 2],
+            "lora_rank": RANKS[len(RANKS) // 2], "base_steps": args.rounds_steps,
+            "smoke_steps": max(args.rounds_steps // 4, 1)}}}
     raise SystemExit(f"unknown strategy {name}: grid, asha or rounds")
 
 
@@ -113,7 +118,9 @@ def main() -> None:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--grace", type=int, default=10, help="ASHA's grace period in steps")
-    parser.add_argument("--one-epoch", type=int, default=40, help="rounds' base steps (about one epoch)")
+    parser.add_argument("--learning-rates", default="5e-4,1e-3,2e-3")
+    parser.add_argument("--epochs", default="1,2")
+    parser.add_argument("--rounds-steps", type=int, default=80, help="rounds' base steps")
     parser.add_argument("--smoke-gate", type=float, default=0.9)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -133,7 +140,7 @@ def main() -> None:
     results = {}
     try:
         for name in args.strategies.split(","):
-            overrides = merge_overrides(strategy_overrides(name, args.grace, args.smoke_gate, args.one_epoch), common)
+            overrides = merge_overrides(strategy_overrides(name, args), common)
             results[name] = run_strategy(name, files, overrides, out)
             print(f"{name}: {results[name][2]:.0f} s", flush=True)
     finally:
