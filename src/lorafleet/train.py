@@ -335,6 +335,13 @@ def _first_step_clock(since: float):
     return FirstStepClock()
 
 
+def _final_evaluation(trainer) -> dict[str, float]:
+    """The trained adapter's eval metrics: those of the evaluation the trainer ran at its last step (eval_steps
+    dividing the steps), else a new one; the same numbers either way, without evaluating the same weights twice."""
+    at_end = [row for row in trainer.state.log_history if "eval_loss" in row and row.get("step") == trainer.state.global_step]
+    return at_end[-1] if at_end else trainer.evaluate()
+
+
 OOM_RETRIES = 2  # halvings of the micro-batch before a trial that runs out of GPU memory gives up
 
 
@@ -416,7 +423,7 @@ def _train_once(base_model: str, train_cfg: TrainConfig, hp: HParams, train: lis
         del trainer, model  # a retry (or the worker's next trial) must find the memory free
         _free_memory()
         raise
-    final = trainer.evaluate()
+    final = _final_evaluation(trainer)
     seconds = time.perf_counter() - started
     extra: dict[str, float] = {}
     if after_training:

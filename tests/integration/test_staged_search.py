@@ -5,23 +5,21 @@ or the output constraints, and trains nothing more."""
 import json
 
 import pytest
-import yaml
 
 from lorafleet.config import find_domain_files, parse_overrides
 from lorafleet.pipeline import RunOptions, run
-from tests.conftest import OPEN_GATE
+from tests.conftest import OPEN_GATE, rewrite_yaml
 
 pytestmark = pytest.mark.integration
 
 
 def _rounds(path, smoke_gate: float) -> None:
-    raw = yaml.safe_load(path.read_text())
-    raw["sweep"] = {"strategy": "rounds", "resources_per_trial": {"cpu": 1},
-                    "rounds": {"smoke_gate": smoke_gate, "smoke_steps": 4, "base_steps": 8, "max_rounds": 3}}
-    path.write_text(yaml.safe_dump(raw))
+    rewrite_yaml(path, lambda raw: raw.update(sweep={
+        "strategy": "rounds", "resources_per_trial": {"cpu": 1},
+        "rounds": {"smoke_gate": smoke_gate, "smoke_steps": 4, "base_steps": 8, "max_rounds": 3}}))
 
 
-def test_rounds_plan_the_trials_and_a_failed_smoke_gate_stops_the_domain(small_base, domain_copy, tmp_path):
+def test_rounds_plan_the_trials_and_a_failed_smoke_gate_stops_the_domain(local_ray, small_base, domain_copy, tmp_path):
     _rounds(domain_copy("medical"), smoke_gate=0.0)
     _rounds(domain_copy("contracts"), smoke_gate=1.0)  # 4 steps teach the tiny model no schema
     sets = [f"base_model={small_base}", "train.eval_steps=4", "eval.max_examples=2", "eval.max_new_tokens=8",

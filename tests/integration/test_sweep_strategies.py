@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_asha_stops_the_trials_behind_and_optuna_chooses_trials_one_after_another(local_ray, small_base, domain_copy,
                                                                                     tmp_path):
-    common = {"base_model": str(small_base), "train": {"max_steps": 16, "eval_steps": 4, "checkpoint_steps": 8},
+    common = {"base_model": str(small_base), "train": {"max_steps": 12, "eval_steps": 4},
               "eval": {"max_examples": 1, "max_new_tokens": 4}}
     # one trial at a time (2 CPUs each): ASHA's first trial sets each rung's bar, so the two that learn nothing in 4
     # steps (lr 1e-7) are behind it there, whatever the machine's speed
@@ -46,7 +46,7 @@ def test_asha_stops_the_trials_behind_and_optuna_chooses_trials_one_after_anothe
 
     by_lr = sorted(outcomes["medical"], key=lambda t: -t.hparams.learning_rate)
     good, behind = by_lr[0], by_lr[1:]
-    assert good.finished and good.stopped_early_at is None and good.metrics["steps"] == 16
+    assert good.finished and good.stopped_early_at is None and good.metrics["steps"] == 12
     for trial in behind:
         assert not trial.finished and trial.error is None and trial.checkpoint is None
         assert trial.stopped_early_at == 4 and trial.ended_how == "stopped early at step 4"
