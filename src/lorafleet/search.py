@@ -21,22 +21,17 @@ from ray.tune.search import Searcher
 from lorafleet import rounds
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.results import RoundNote, SearchStory
+from lorafleet.sweep import SPACE_KEYS
 from lorafleet.train import HParams
 
 FIELD_PREFIX = "field_accuracy."  # a trial's validation accuracy of one answer field: field_accuracy.<field>
-
-SPACE_KEYS = ("lora_rank", "learning_rate", "epochs")
 
 
 class FixedTrials:
     """grid and random: the domain's trials, fixed before the sweep, in order."""
 
     def __init__(self, hparams: list[HParams]):
-        self.todo = list(hparams)
-
-    @property
-    def total(self) -> int | None:
-        return len(self.todo)
+        self.todo, self.total = list(hparams), len(hparams)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         return vars(self.todo.pop(0)) if self.todo else None
