@@ -64,6 +64,8 @@ def better_direction(name: str) -> int:
 
 # The per-example values a score can weight (score itself aside).
 ROW_VALUES = tuple(m.example_value for m in REGISTRY.values() if m.example_value not in (None, "score"))
+# A trial's validation accuracy of one answer field, reported as field_accuracy.<field> (the staged search reads it).
+FIELD_PREFIX = "field_accuracy."
 # What every trial reports (train.train_trial, and its validation answers scored): what select.rule can rank.
 TRIAL_METRICS = ("eval_loss", "train_seconds", "load_seconds", "steps",
                  *(name for name, m in REGISTRY.items() if m.example_value))

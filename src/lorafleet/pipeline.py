@@ -216,16 +216,15 @@ class Finishing:
         """The sweep's ``on_domain_trained``: in the driver, as the domain's last trial ended (``story``: how its
         staged search went, for that strategy)."""
         self.trials[name] = trials
-        version = self.plans[name].data.manifest.dataset_version
-        if story is not None and story.fix_prompt and not any(t.candidate for t in trials):
-            self.failed[name] = DomainResult.failed(name, f"staged search stopped: {story.stopped}", trials, version)
-            self.failed[name] = self.failed[name].model_copy(update={"search": story})
-            log.error("[%s] staged search stopped: %s", name, story.stopped)
-            return
         if not any(t.candidate for t in trials):
-            causes = "; ".join(dict.fromkeys(t.ended_how or "no result" for t in trials)) or "no trial ran"  # once each
-            self.failed[name] = DomainResult.failed(name, f"every trial failed: {causes}", trials, version)
-            log.error("[%s] every trial failed", name)
+            version = self.plans[name].data.manifest.dataset_version
+            if story is not None and story.fix_prompt:  # the staged search stopped at its round-0 gate
+                error = f"staged search stopped: {story.stopped}"
+            else:
+                causes = "; ".join(dict.fromkeys(t.ended_how or "no result" for t in trials)) or "no trial ran"
+                error = f"every trial failed: {causes}"  # each cause once
+            self.failed[name] = DomainResult.failed(name, error, trials, version).model_copy(update={"search": story})
+            log.error("[%s] %s", name, error)
             return
         training = len(self.plans) - len(self.trials)
         meanwhile = {0: "", 1: " while 1 domain still trains"}.get(training, f" while {training} domains still train")

@@ -24,7 +24,7 @@ from lorafleet.evaluate import ScoredAnswer
 from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
 from lorafleet.lineage import Lineage
-from lorafleet.metrics import REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
+from lorafleet.metrics import FIELD_PREFIX, REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
 from lorafleet.results import DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome
 from lorafleet.select import Selection
 
@@ -165,7 +165,7 @@ def _trial_blocks(report: DomainReport) -> list[tuple]:
     trials = report.result.trials
     # hyperparameters some trial has (a round's own steps and sequence length); metrics but the per-field ones
     hkeys = [k for k in asdict(trials[0].hparams) if any(getattr(t.hparams, k) is not None for t in trials)]
-    mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics if not k.startswith("field_accuracy.")))
+    mkeys = list(dict.fromkeys(k for t in trials for k in t.metrics if not k.startswith(FIELD_PREFIX)))
     restarted = any(t.restarts for t in trials)  # the column only when a worker, node or driver was lost
     staged = any(t.round is not None for t in trials)
     rows = [[str(i), *([str(t.round)] if staged else []), *(_hp(getattr(t.hparams, k)) for k in hkeys),

@@ -20,11 +20,10 @@ from ray.tune.search import Searcher
 
 from lorafleet import rounds
 from lorafleet.config import DomainConfig, RangeSpec
+from lorafleet.metrics import FIELD_PREFIX
 from lorafleet.results import RoundNote, SearchStory
 from lorafleet.sweep import SPACE_KEYS
 from lorafleet.train import HParams
-
-FIELD_PREFIX = "field_accuracy."  # a trial's validation accuracy of one answer field: field_accuracy.<field>
 
 
 class FixedTrials:
@@ -114,8 +113,7 @@ class RoundsTrials:
         if not self.todo:
             return None
         config = self.live[trial_id] = self.todo.pop(0)
-        return {"lora_rank": config.lora_rank, "learning_rate": config.learning_rate, "epochs": 1,
-                "max_steps": config.max_steps, "max_seq_length": config.max_seq_length, "round": len(self.history)}
+        return {**config.as_dict(), "epochs": 1, "round": len(self.history)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         config = self.live.pop(trial_id, None)

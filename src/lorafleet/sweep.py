@@ -221,9 +221,7 @@ def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[s
     evaluation = metrics.aggregate([a.score for a in scored], samples=1)
     values = evaluation.values()
     log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    from lorafleet.search import FIELD_PREFIX
-
-    return {**values, **{FIELD_PREFIX + name: m.value for name, m in evaluation.fields.items()}}
+    return {**values, **{metrics.FIELD_PREFIX + name: m.value for name, m in evaluation.fields.items()}}
 
 
 def _trial_label(spec: dict[str, Any]) -> str:
@@ -514,15 +512,16 @@ def _outcome(spec: dict[str, Any], reported: dict[str, Any], error: BaseExceptio
              checkpoint) -> TrialOutcome:
     """What both a Tune ``Trial`` and a ``Result`` tell of a trial: its spec, its last report, the error that
     ended it (None if it completed) and its last checkpoint."""
-    finished = error is None and checkpoint is not None and "stopped" not in reported and not _stopped_early(reported)
+    early = error is None and _stopped_early(reported)
+    finished = error is None and checkpoint is not None and "stopped" not in reported and not early
     return TrialOutcome(
         hparams=HParams.from_dict(spec), backend=reported.get("backend"),
         load_in_4bit=bool(reported.get("load_in_4bit", False)),
-        metrics=_trial_metrics(reported) if finished or _stopped_early(reported) else {},
+        metrics=_trial_metrics(reported) if finished or early else {},
         history=reported.get("history", []),
         error=error_text(error) if error is not None else reported.get("stopped"),
         restarts=int(reported.get("restarts", 0)), resumed_from=reported.get("resumed_from", []),
-        stopped_early_at=int(reported["step"]) if _stopped_early(reported) and error is None else None,
+        stopped_early_at=int(reported["step"]) if early else None,
         round=spec.get("round"), lineage=reported.get("lineage") if finished else None,
         checkpoint=checkpoint if finished else None)
 
