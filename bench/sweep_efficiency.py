@@ -129,8 +129,8 @@ def main() -> None:
     from lorafleet import cluster, console
 
     out = Path(args.out or tempfile.mkdtemp(prefix="sweep-efficiency-"))
-    common = merge_overrides(load_overrides_file(args.profile) if args.profile else {}, parse_overrides(args.sets))
-    common = merge_overrides(common, {"export": {"onnx": False}})
+    profile = load_overrides_file(args.profile) if args.profile else {}
+    sets = merge_overrides(parse_overrides(args.sets), {"export": {"onnx": False}})
     files = find_domain_files(str(REPO / "configs" / "domains"), args.domains.split(","))
     console.setup_driver(out / "logs")
     cluster.connect(None, include_dashboard=False, log_to_driver=True, logging_level=logging.ERROR, runtime_env={
@@ -140,12 +140,15 @@ def main() -> None:
     results = {}
     try:
         for name in args.strategies.split(","):
-            overrides = merge_overrides(strategy_overrides(name, args), common)
+            # the strategy's space over the profile (its train.max_steps would cut the epochs short), --set last
+            overrides = merge_overrides(profile, strategy_overrides(name, args), sets)
             results[name] = run_strategy(name, files, overrides, out)
             print(f"{name}: {results[name][2]:.0f} s", flush=True)
+            # after each strategy, so that a run cut short by a time limit still leaves what it measured
+            (out / "results.json").write_text(json.dumps({k: list(v) for k, v in results.items()}, indent=1))
+            (out / "table.md").write_text(table(results))
     finally:
         ray.shutdown()
-    (out / "results.json").write_text(json.dumps({k: [v[0], v[1], v[2]] for k, v in results.items()}, indent=1))
     print(table(results))
 
 
