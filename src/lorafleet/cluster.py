@@ -71,7 +71,11 @@ class TaskGroup:
         """``fn(*call.args)`` as a Ray task with the call's resources; returns at once."""
         import ray
 
-        task = ray.remote(fn).options(num_cpus=call.resources.cpu, num_gpus=call.resources.gpu, max_retries=0)
+        # A task holding a GPU gets a process of its own (max_calls=1): Ray gives GPU tasks that default only when
+        # num_gpus is in @ray.remote, not in .options, and a reused process would pass on what the last task left
+        # (the memory probe's Unsloth, whose patches break plain transformers' generate, and its CUDA memory)
+        task = ray.remote(num_cpus=call.resources.cpu, num_gpus=call.resources.gpu, max_retries=0,
+                          max_calls=1 if call.resources.gpu else 0)(fn)
         self._pending[task.remote(*call.args)] = name
 
     def results(self) -> dict[str, Any]:
