@@ -44,6 +44,17 @@ class MemoryProbe(BaseModel):
 
 
 @dataclass(frozen=True)
+class PackedGpus:
+    """The trials packed by a memory probe (``gpu: auto``): each such domain's GPU share a trial, and the GPU that
+    all of them may hold at once (the cluster's GPUs less the share each keeps for finishing). Ray's resources alone
+    would not keep that share: a next trial fits into it whenever no finishing task holds it, and then holds it while
+    a finished domain waits."""
+
+    shares: dict[str, float]
+    budget: float
+
+
+@dataclass(frozen=True)
 class TrialShape:
     """What decides a trial's memory; domains with equal shapes share one probe."""
 
@@ -158,8 +169,9 @@ class PackingRequest:
     finishing_gpu: float  # eval.resources.gpu: kept free of trials
 
 
-def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, float]:
-    """Each domain's GPU share per trial (domain -> fraction); one probe per distinct trial shape (cached)."""
+def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> PackedGpus:
+    """Each domain's GPU share per trial, and what the packed trials may hold at once; one probe per distinct
+    trial shape (cached)."""
     import ray
 
     from lorafleet.cluster import Call, TaskFailure, TaskGroup
@@ -171,7 +183,7 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
     accelerator = next((k for k in sorted(resources) if k.startswith("accelerator_type:")), "")
     if not gpus:
         log.warning("sweep.resources_per_trial.gpu: auto, but the cluster has no GPU; the trials run on CPUs")
-        return dict.fromkeys(requests, 0.0)
+        return PackedGpus(dict.fromkeys(requests, 0.0), 0.0)
     keys = {name: r.shape.key(accelerator) for name, r in requests.items()}
     by_shape: dict[str, PackingRequest] = {}
     for name, request in requests.items():
@@ -202,7 +214,7 @@ def pack(requests: dict[str, PackingRequest], cache_dir: Path) -> dict[str, floa
                       shape.lora_rank, shape.train.batch_size, shape.train.max_seq_length, probe.peak_bytes / GIB,
                       probe.estimate_bytes / GIB, probe.gpu_name, packed, by_memory, by_cpus, 100 * kept)
         shares[key] = gpu_fraction(packed, kept)
-    return {name: shares[keys[name]] for name in requests}
+    return PackedGpus({name: shares[keys[name]] for name in requests}, gpus * (1 - kept))
 
 
 def _read_probe(cache_dir: Path, key: str) -> MemoryProbe | None:

@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 from lorafleet import rounds
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.metrics import FIELD_PREFIX
+from lorafleet.packing import PackedGpus
 from lorafleet.results import RoundNote, SearchStory
 from lorafleet.sweep import SPACE_KEYS
 from lorafleet.train import HParams
@@ -162,20 +163,28 @@ class DomainSearch(Searcher):
     """Tune's searcher for an experiment of several domains: each suggestion comes from the first domain (in the
     experiment's order) whose strategy has a trial to run now; the search is finished once every strategy is."""
 
-    def __init__(self, strategies: dict[str, Strategy], fingerprints: dict[str, str]):
+    def __init__(self, strategies: dict[str, Strategy], fingerprints: dict[str, str],
+                 packed: PackedGpus | None = None):
         super().__init__()  # no metric of its own: each domain's strategy has its own, checked when it loads
-        self.strategies, self.fingerprints = strategies, fingerprints
+        self.strategies, self.fingerprints, self.packed = strategies, fingerprints, packed
         self.owner: dict[str, str] = {}  # trial id -> domain
+        self.packed_live: dict[str, float] = {}  # trial id -> its GPU share, for the packed domains' trials
 
     def suggest(self, trial_id: str) -> dict | None:
         for domain, strategy in self.strategies.items():
+            share = self.packed.shares.get(domain) if self.packed else None
+            if share and sum(self.packed_live.values()) + share > self.packed.budget + 1e-9:
+                continue  # the GPUs hold as many of these trials as packed; a next one would take finishing's share
             spec = strategy.suggest(trial_id)
             if spec is not None:
                 self.owner[trial_id] = domain
+                if share:
+                    self.packed_live[trial_id] = share
                 return {"trial": {"domain": domain, "fingerprint": self.fingerprints[domain], **spec}}
         return Searcher.FINISHED if all(s.exhausted for s in self.strategies.values()) else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.packed_live.pop(trial_id, None)
         domain = self.owner.get(trial_id)
         if domain is not None:
             self.strategies[domain].on_trial_complete(trial_id, result, error)

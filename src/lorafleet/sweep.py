@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorafleet import publish
+from lorafleet import packing, publish
 from lorafleet.base_model import GGUF_PREFIX
 from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.console import library_prints_to_log, progress
@@ -382,7 +382,7 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
     # rerun after a lost driver resume each trial from its newest checkpoint. Its warning that snapshots come seconds
     # apart (with checkpoints seconds apart) is not a problem of ours
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    gpu_shares = trial_gpu_shares(plans)
+    gpu_shares, packed = trial_gpu_shares(plans)
     announced: set[str] = set()
 
     def announce(domain: str, trials: list[TrialOutcome], story: SearchStory | None) -> None:
@@ -392,16 +392,16 @@ def run_sweep(plans: dict[str, DomainPlan], storage: publish.Storage, run_id: st
 
     outcomes: dict[str, list[TrialOutcome]] = {}
     for experiment in _experiments(plans, storage, run_id):
-        trained, searcher = _fit(experiment, gpu_shares, storage, run_id, verbose, callbacks or [], announce)
+        trained, searcher = _fit(experiment, gpu_shares, packed, storage, run_id, verbose, callbacks or [], announce)
         for domain, trials in trained.items():  # those whose trials had all ended in an earlier attempt
             announce(domain, trials, searcher.story(domain))
         outcomes.update(trained)
     return outcomes
 
 
-def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
-    """Each domain's GPU share per trial: as configured, or packed (``gpu: auto``, see packing.py)."""
-    from lorafleet import packing
+def trial_gpu_shares(plans: dict[str, DomainPlan]) -> tuple[dict[str, float], packing.PackedGpus | None]:
+    """Each domain's GPU share per trial: as configured, or packed (``gpu: auto``, see packing.py); and the packed
+    trials' shares and budget, for the searcher to keep them within."""
     from lorafleet.base_model import cache_root
 
     auto = {d: packing.PackingRequest(
@@ -410,11 +410,13 @@ def trial_gpu_shares(plans: dict[str, DomainPlan]) -> dict[str, float]:
                 examples=packing.probe_examples(p.data.train, p.cfg.train.batch_size),
                 cpus_per_trial=p.cfg.sweep.resources_per_trial.cpu, finishing_gpu=p.cfg.finish_resources.gpu)
             for d, p in plans.items() if p.cfg.sweep.resources_per_trial.gpu == "auto"}
-    shares = packing.pack(auto, cache_root() / "probes") if auto else {}
-    return {d: shares[d] if d in shares else float(p.cfg.sweep.resources_per_trial.gpu) for d, p in plans.items()}
+    packed = packing.pack(auto, cache_root() / "probes") if auto else None
+    shares = packed.shares if packed else {}
+    return {d: shares[d] if d in shares else float(p.cfg.sweep.resources_per_trial.gpu) for d, p in plans.items()}, packed
 
 
-def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish.Storage, run_id: str, verbose: bool,
+def _fit(experiment: _Experiment, gpu_shares: dict[str, float], packed: packing.PackedGpus | None,
+         storage: publish.Storage, run_id: str, verbose: bool,
          callbacks: list, announce: DomainTrained) -> tuple[dict[str, list[TrialOutcome]], DomainSearch]:
     """The experiment's trials by domain once its fit returned, and its searcher (as restored, for a rerun)."""
     from ray import tune
@@ -453,7 +455,7 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], storage: publish
     else:
         shown = f"{total} trials" if total is not None else "trials chosen as the search goes"
         progress.info("sweep: %s over %d domains (%s)", shown, len(plans), ", ".join(plans))
-        domain_search = search.DomainSearch(strategies, {d: p.fingerprint for d, p in plans.items()})
+        domain_search = search.DomainSearch(strategies, {d: p.fingerprint for d, p in plans.items()}, packed)
         schedulers = search.domain_schedulers({d: (p.cfg, len(p.data.train)) for d, p in plans.items()})
         tuner = tune.Tuner(
             trainable,

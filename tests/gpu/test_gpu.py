@@ -203,6 +203,8 @@ def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):
     """The probe runs as a Ray task (Unsloth is imported by workers only) on the whole GPU."""
     import json
 
+    import ray
+
     from lorafleet import packing
     from lorafleet.config import TrainConfig
 
@@ -210,13 +212,15 @@ def test_gpu_auto_packs_by_a_probe_whose_estimate_is_near(ray_gpu, tmp_path):
     train = TrainConfig(max_seq_length=512, batch_size=8)
     request = packing.PackingRequest(packing.TrialShape.of(BASE, train, [16]),
                                      packing.probe_examples(prepare(cfg).train, train.batch_size), 1, 0.2)
-    shares = packing.pack({"contracts": request}, cache_dir=tmp_path)
+    packed = packing.pack({"contracts": request}, cache_dir=tmp_path)
+    shares = packed.shares
     probe = packing.MemoryProbe.model_validate(json.loads(next(tmp_path.glob("*.json")).read_text()))
     print(f"probe: peak {probe.peak_bytes / 2**30:.2f} GiB, estimate {probe.estimate_bytes / 2**30:.2f} GiB "
           f"on {probe.gpu_name}; GPU share a trial {shares['contracts']}")
     assert 0.3 * 2**30 < probe.peak_bytes < 0.5 * probe.gpu_total_bytes
     assert probe.estimate_bytes / 4 < probe.peak_bytes < probe.estimate_bytes * 4
-    assert 0 < shares["contracts"] <= 0.8 and packing.pack({"contracts": request}, cache_dir=tmp_path) == shares
+    assert 0 < shares["contracts"] <= 0.8 and packing.pack({"contracts": request}, cache_dir=tmp_path) == packed
+    assert packed.budget == pytest.approx(0.8 * ray.cluster_resources()["GPU"])  # finishing's share kept free
 
 
 def test_qlora_merge_is_16bit_and_its_drift_is_measured(unsloth_trial, tmp_path):

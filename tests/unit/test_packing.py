@@ -67,7 +67,7 @@ def test_probe_examples_are_the_longest_records(domain_copy):
 @pytest.mark.integration
 def test_auto_on_a_cluster_without_gpus_trains_on_cpus(local_ray):
     request = packing.PackingRequest(packing.TrialShape.of("tiny", TrainConfig(), [8]), [], 1, 0.2)
-    assert packing.pack({"a": request}, cache_dir=None) == {"a": 0.0}
+    assert packing.pack({"a": request}, cache_dir=None) == packing.PackedGpus({"a": 0.0}, 0.0)
 
 
 def test_gpu_auto_needs_the_finishing_tasks_resources(domain_copy):

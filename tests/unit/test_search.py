@@ -30,6 +30,20 @@ def test_fixed_trials_come_domain_by_domain_then_the_search_is_finished():
     assert s.exhausted("a") and s.exhausted("b")
 
 
+def test_packed_trials_keep_within_the_gpus_budget_and_leave_finishing_its_share():
+    # a domain packed 3 trials to a GPU at 0.2666 each, 0.8 of it for trials: a 4th would fit into finishing's 0.2
+    # whenever no finishing task holds it, so the searcher holds it back; a CPU domain's trials are not counted
+    hp = [HParams(8, lr, 1) for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)]
+    s = search.DomainSearch({"gpu": search.FixedTrials(hp), "cpu": search.FixedTrials(hp[:2])},
+                            {"gpu": "fg", "cpu": "fc"}, search.PackedGpus({"gpu": 0.2666}, budget=0.8))
+    got = [s.suggest(f"t{i}") for i in range(6)]
+    assert [g["trial"]["domain"] if g else None for g in got] == ["gpu", "gpu", "gpu", "cpu", "cpu", None]
+    s.on_trial_complete("t3")  # a CPU trial's end frees no GPU
+    assert s.suggest("t6") is None
+    s.on_trial_complete("t1")
+    assert s.suggest("t7")["trial"]["learning_rate"] == 4e-3 and s.suggest("t8") is None
+
+
 def test_optuna_keeps_to_its_concurrency_and_learns_from_ended_trials(domain_copy, tmp_path):
     cfg = _cfg(domain_copy, {"search": "optuna", "num_samples": 4, "space": {
         "lora_rank": [4, 8], "learning_rate": {"min": 1e-4, "max": 1e-2, "log": True}, "epochs": [1]},
