@@ -3,10 +3,11 @@ and by the staged rounds, each a whole run (sweep, winner, evaluation on the tes
 another on the same Ray.
 
     python bench/sweep_efficiency.py [--domains contracts,medical] [--strategies grid,asha,rounds]
-                                     [--learning-rates 5e-4,1e-3,2e-3] [--epochs 1,2] [--rounds-steps 80]
+                                     [--ranks 4,8,16] [--learning-rates 5e-4,1e-3,2e-3] [--epochs 1,2]
+                                     [--rounds-steps 80]
                                      [--profile configs/profiles/gpu.yaml] [--set key=value ...] [--out DIR]
 
-The space, for grid and ASHA: lora_rank 4/8/16 x the learning rates x the epochs (18 trials a domain by default,
+The space, for grid and ASHA: the ranks x the learning rates x the epochs (18 trials a domain by default,
 train.max_steps off so epochs count); ASHA: grace period --grace steps, reduction factor 3 (set train.eval_steps at
 most the grace period, so that trials report at the first rung). Rounds: its defaults with the grid's middle
 learning rate and rank, --rounds-steps as its base steps and --smoke-gate. --set applies to every strategy (e.g.
@@ -34,12 +35,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 from lorafleet.config import find_domain_files, load_overrides_file, merge_overrides, parse_overrides  # noqa: E402
 
-RANKS = [4, 8, 16]
-
 
 def strategy_overrides(name: str, args: argparse.Namespace) -> dict:
     rates, epochs = [float(x) for x in args.learning_rates.split(",")], [int(x) for x in args.epochs.split(",")]
-    space = {"lora_rank": RANKS, "learning_rate": rates, "epochs": epochs}
+    ranks = [int(x) for x in args.ranks.split(",")]
+    space = {"lora_rank": ranks, "learning_rate": rates, "epochs": epochs}
     grid = {"sweep": {"space": space, "search": "grid", "num_samples": 1}, "train": {"max_steps": None}}
     if name == "grid":
         return grid
@@ -49,7 +49,7 @@ def strategy_overrides(name: str, args: argparse.Namespace) -> dict:
     if name == "rounds":
         return {"train": {"max_steps": None}, "sweep": {"strategy": "rounds", "rounds": {
             "smoke_gate": args.smoke_gate, "base_learning_rate": rates[len(rates) // 2],
-            "lora_rank": RANKS[len(RANKS) // 2], "base_steps": args.rounds_steps,
+            "lora_rank": ranks[len(ranks) // 2], "base_steps": args.rounds_steps,
             "smoke_steps": max(args.rounds_steps // 4, 1)}}}
     raise SystemExit(f"unknown strategy {name}: grid, asha or rounds")
 
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--grace", type=int, default=10, help="ASHA's grace period in steps")
+    parser.add_argument("--ranks", default="4,8,16")
     parser.add_argument("--learning-rates", default="5e-4,1e-3,2e-3")
     parser.add_argument("--epochs", default="1,2")
     parser.add_argument("--rounds-steps", type=int, default=80, help="rounds' base steps")
