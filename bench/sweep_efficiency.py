@@ -7,9 +7,12 @@ another on the same Ray.
                                      [--rounds-steps 80]
                                      [--profile configs/profiles/gpu.yaml] [--set key=value ...] [--out DIR]
 
-The space, for grid and ASHA: the ranks x the learning rates x the epochs (18 trials a domain by default,
-train.max_steps off so epochs count); ASHA: grace period --grace steps, reduction factor 3 (set train.eval_steps at
-most the grace period, so that trials report at the first rung). Rounds: its defaults with the grid's middle
+The space: the ranks x the learning rates x the epochs (18 trials a domain by default, train.max_steps off so
+epochs count). The grid trains each combination to its end. ASHA covers the same space with the ranks x the rates
+(9 trials), each trained up to the most epochs unless it stops it first: how long a trial trains is what ASHA
+decides (and a trial's learning rate decays over its epochs, so trials of different epoch counts cannot be compared
+at equal steps); grace period --grace steps, reduction factor 3 (set train.eval_steps at most the grace period, so
+that trials report at the first rung). Rounds: its defaults with the grid's middle
 learning rate and rank, --rounds-steps as its base steps and --smoke-gate. --set applies to every strategy (e.g.
 sweep.resources_per_trial.gpu=0.5).
 
@@ -43,8 +46,8 @@ def strategy_overrides(name: str, args: argparse.Namespace) -> dict:
     grid = {"sweep": {"space": space, "search": "grid", "num_samples": 1}, "train": {"max_steps": None}}
     if name == "grid":
         return grid
-    if name == "asha":
-        return merge_overrides(grid, {"sweep": {"scheduler": "asha",
+    if name == "asha":  # the grid's ranks and rates, each trained up to the longest epoch count if ASHA lets it
+        return merge_overrides(grid, {"sweep": {"space": {"epochs": [max(epochs)]}, "scheduler": "asha",
                                                 "asha": {"grace_period": args.grace, "reduction_factor": 3}}})
     if name == "rounds":
         return {"train": {"max_steps": None}, "sweep": {"strategy": "rounds", "rounds": {

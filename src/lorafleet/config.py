@@ -270,6 +270,15 @@ class SweepConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _asha_decides_the_length(self) -> SweepConfig:
+        epochs = self.space.epochs
+        if self.scheduler == "asha" and (isinstance(epochs, RangeSpec) or len(set(epochs)) > 1):
+            raise ValueError("space.epochs: with scheduler: asha give one epoch count, the longest a trial may train: "
+                             "ASHA decides how far each trial goes, and trials of different epoch counts decay their "
+                             "learning rate on different schedules, which its rungs would compare at equal steps")
+        return self
+
+    @model_validator(mode="after")
     def _grid_needs_lists(self) -> SweepConfig:
         if self.search == "grid":
             for name in ("lora_rank", "learning_rate", "epochs"):

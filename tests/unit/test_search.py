@@ -89,7 +89,7 @@ def test_asha_stops_the_trials_behind_at_each_rung_of_their_own_domain_only(doma
 
 
 def test_asha_rungs_in_steps_up_to_the_longest_trial(domain_copy):
-    cfg = _cfg(domain_copy, {"scheduler": "asha", "space": {"epochs": [1, 3]},
+    cfg = _cfg(domain_copy, {"scheduler": "asha", "space": {"epochs": [3]},
                              "asha": {"grace_period": 5, "reduction_factor": 3}}, {"max_steps": None})
     n_train = 100
     per_epoch = -(-n_train // (cfg.train.batch_size * cfg.train.grad_accum))
@@ -106,6 +106,8 @@ def test_asha_rungs_in_steps_up_to_the_longest_trial(domain_copy):
     ({"scheduler": "asha", "asha": {"metric": "score"}},
      r"sweep.asha.metric: Value error, trials never report score while they train"),
     ({"search": "optuna", "optuna": {"metric": "accuracy"}}, r"sweep.optuna.metric: Value error, trials never report"),
+    ({"scheduler": "asha", "space": {"epochs": [1, 3]}},
+     r"contracts.yaml: sweep: Value error, space.epochs: with scheduler: asha give one epoch count"),
 ])
 def test_unknown_strategies_and_metrics_are_rejected_naming_the_field(domain_copy, sweep, message):
     with pytest.raises(ConfigError, match=message):
