@@ -252,8 +252,7 @@ class Finishing:
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext,
                   story: SearchStory | None = None) -> DomainResult:
     """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> the model folders' contract and the
-    report -> publish, each phase timed
-    (``story``: how the domain's staged search went, for its report)."""
+    report -> publish, each phase timed (``story``: how the domain's staged search went, for its report)."""
     cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model_ref)
     selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
