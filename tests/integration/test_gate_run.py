@@ -69,8 +69,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
 
 
 def _published_folders_carry_their_contract(domain_dir, config_file, base):
-    """Both model folders hold the contract files, the manifest lists them, and the prompt rendered from the ONNX
-    folder alone is the one the evaluation asked the test record with."""
+    """Both model folders hold the contract files, the manifest lists them, their prompt is the trials', and the prompt
+    rendered from the ONNX folder alone is the one the evaluation asked the test record with."""
     from transformers import AutoTokenizer
 
     cfg = load_domain(config_file)
@@ -82,6 +82,8 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
         assert {"chat_template.jinja", "output_schema.json", "README.md", "generation_config.json"} <= \
             {f.name for f in model.files}
         assert "GATED: failed release gate checks" in (domain_dir / kind / "README.md").read_text()
+    trials = json.loads((domain_dir / "domain_summary.json").read_text())["trials"]
+    assert {t["lineage"]["prompt_sha256"] for t in trials} == {model.prompt_sha256}  # as the trials were asked
     kv_cache = contract.read_contract(domain_dir / "onnx").kv_cache
     assert (kv_cache.num_layers, kv_cache.num_kv_heads, kv_cache.head_dim) == (2, 2, 16)  # small_base's
     asked = json.loads((domain_dir / "eval" / "test-onnx.jsonl").read_text().splitlines()[0])["input"]

@@ -26,7 +26,7 @@ QWEN_LIKE_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 TEMPLATES = {"tiny": CHAT_TEMPLATE, "qwen-like": QWEN_LIKE_TEMPLATE}
-MODEL_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4,
+MODEL_CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "hidden_size": 64, "dtype": "float16"}
 
 
