@@ -67,7 +67,7 @@ def _records(domain: str, data_format: str, group_key: str) -> list[tuple[dict, 
     """The domain's records in ``data_format``, each with the fields a consumer has of it: (record, fields)."""
     native = load_domain(DOMAINS_DIR / f"{domain}.yaml")
     out = []
-    for i, (_, raw) in enumerate(list(data.read_records(native.data_path))[:12]):
+    for i, (_, raw) in enumerate(list(data.read_records(native.data_path))[:6]):
         example = data.to_example(raw, native, 1)
         text, answer, group = example.user_text, example.completion, raw[group_key]
         if data_format == "messages":
@@ -110,7 +110,7 @@ def test_the_prompt_from_the_published_folder_alone_is_the_training_prompt(base_
         inline_messages = [{"role": "system", "content": model.system_prompt}, {"role": "user", "content": user_message}]
         assert trained_with.apply_chat_template(inline_messages, chat_template=inline, tokenize=False,
                                                 add_generation_prompt=True) == training
-    assert len(records) == 12
+    assert len(records) == 6
 
 
 def test_lorafleet_model_json_describes_the_merged_model_and_its_files(base_dir, tmp_path):
