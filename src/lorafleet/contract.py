@@ -246,7 +246,8 @@ def _verdict(result: DomainResult) -> str:
     if result.gate is None:
         return "No release gate was applied."
     if result.gate.passed:
-        return f"PASSED: all {len(result.gate.checks)} release gate checks passed; the domain's latest points here."
+        return (f"PASSED: all {len(result.gate.checks)} release gate checks passed; the run makes it the domain's latest "
+                "(unless a newer run already is).")
     return (f"GATED: failed release gate checks: {', '.join(result.gate.failed)}. The domain's latest pointer stays at "
             "an earlier run; this model is published for inspection, not for use.")
 
