@@ -160,10 +160,14 @@ def write_generation_config(folder: Path, settings: dict[str, Any]) -> dict[str,
     config = (GenerationConfig.from_pretrained(str(folder)) if (folder / "generation_config.json").is_file()
               else GenerationConfig())
     config.update(**settings)
+    config._from_model_config = False  # else generate may rebuild it from config.json (transformers' legacy rule)
     default = GenerationConfig()
     for name in SAMPLING_ONLY:
         setattr(config, name, getattr(default, name))
-    config.save_pretrained(str(folder))
+    config.validate(strict=True)
+    # the settings written out even where they are transformers' defaults: a reader sees greedy without knowing those
+    (folder / "generation_config.json").write_text(json.dumps({**config.to_diff_dict(), **settings}, indent=2) + "\n",
+                                                   encoding="utf-8")
     return settings
 
 

@@ -136,7 +136,9 @@ def test_lorafleet_model_json_describes_the_merged_model_and_its_files(base_dir,
     evaluation = {"do_sample": False, "max_new_tokens": cfg.eval.max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
                   "pad_token_id": tokenizer.pad_token_id}
     assert model["generation"] == evaluation
+    assert json.loads((folder / "generation_config.json").read_text()).items() >= evaluation.items()  # spelt out
     generation = GenerationConfig.from_pretrained(str(folder))  # what a bare model.generate(**inputs) uses
+    assert not generation._from_model_config  # generate keeps it rather than rebuilding one from config.json
     assert {k: getattr(generation, k) for k in evaluation} == evaluation
     assert generation.repetition_penalty == 1.05  # evaluation generated with the base's own settings too
     assert (generation.temperature, generation.top_p, generation.top_k) == (1.0, 1.0, 50)  # unused by greedy
