@@ -18,6 +18,7 @@ import jsonschema
 
 from lorafleet import governance
 from lorafleet.config import DomainConfig
+from lorafleet.prompt import MessageFormat, with_system_prompt
 
 SPLITS = ("train", "val", "test")
 
@@ -104,9 +105,7 @@ def _turns_conversations(record: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _turns_alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
-    user = record["instruction"]
-    if record.get("input"):
-        user = f"{user}\n\n{record['input']}"
+    user = MessageFormat.of("alpaca").render_user(record.get("input") or "", record["instruction"])
     return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
 
 
@@ -126,8 +125,7 @@ def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
     prompt = turns[:-1]
     if not any(t["role"] == "user" for t in prompt):
         raise ValueError("no user turn before the answer")
-    if prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": cfg.system_prompt}] + prompt
+    prompt = with_system_prompt(prompt, cfg.system_prompt)
     answer = turns[-1]["content"].strip()
     group = str(record[cfg.data.group_key])
     row_id = hashlib.sha256(json.dumps([prompt, answer], ensure_ascii=False).encode()).hexdigest()[:16]

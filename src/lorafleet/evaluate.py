@@ -14,6 +14,7 @@ from lorafleet import metrics
 from lorafleet.config import EvalConfig
 from lorafleet.data import Example
 from lorafleet.metrics import Evaluation, ExampleScore, Metric, MetricSpec
+from lorafleet.prompt import prompt_text
 from lorafleet.safe_weights import require_safetensors
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,13 @@ def model_device(model):
     return getattr(model, "device", None) or "cpu"
 
 
+def generation_settings(tokenizer, max_new_tokens: int) -> dict[str, Any]:
+    """What every evaluation answer is generated with, over the model's own generation config: greedy, up to
+    ``max_new_tokens``, ending at the tokenizer's EOS. A published model's generation_config.json holds the same."""
+    return {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
 def generate_token_ids(model, tokenizer, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy answers as token ids, batched with left padding, each up to and including its first EOS (the
     padding that ``generate`` puts after an answer that ended before its batch's longest is dropped). Works for a
@@ -55,16 +63,15 @@ def generate_token_ids(model, tokenizer, examples: list[Example], max_new_tokens
     import torch
 
     tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
+    eos, settings = tokenizer.eos_token_id, generation_settings(tokenizer, max_new_tokens)
     answers: list[list[int]] = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
-        texts = [tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True) for e in batch]
+        texts = [prompt_text(tokenizer, e.prompt) for e in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**inputs, **settings)
         for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
             answers.append(ids[:ids.index(eos) + 1] if eos in ids else ids)
     return answers
@@ -144,8 +151,7 @@ def completion_loss(model, tokenizer, examples: list[Example]) -> dict[str, floa
 
     total, tokens = 0.0, 0
     for e in examples:
-        prompt = tokenizer.apply_chat_template(e.prompt, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt_text(tokenizer, e.prompt), add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(e.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt_ids + answer_ids])
         with torch.inference_mode():

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.data import Example
 from lorafleet.evaluate import model_device
+from lorafleet.prompt import prompt_text
 from lorafleet.safe_weights import require_safetensors
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ def max_logit_diff(model_a, model_b, tokenizer, example: Example) -> float:
     """The largest absolute difference between two models' logits on one prompt (one forward pass each, no cache)."""
     import torch
 
-    text = tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    inputs = tokenizer(prompt_text(tokenizer, example.prompt), return_tensors="pt", add_special_tokens=False)
     logits = []
     for model in (model_a, model_b):
         with torch.inference_mode():

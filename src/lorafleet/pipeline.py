@@ -1,7 +1,8 @@
 """The recipe: configs -> data -> the domains whose inputs changed since their latest published run -> one sweep for
 them all, and per domain, as soon as its own trials are done (while other domains still train), its finishing as a Ray
-task: winner, merge, evaluation, drift and ONNX parity, gate, report, publish -> once every domain is finished: latest
-pointers -> each domain's history -> run summary -> a message to each webhook the configs name. Read top to bottom."""
+task: winner, merge, evaluation, drift and ONNX parity, gate, the model folders' contract, report, publish -> once every
+domain is finished: latest pointers -> each domain's history -> run summary -> a message to each webhook the configs
+name. Read top to bottom."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from typing import Any, Literal
 
 import pydantic
 
-from lorafleet import data as data_mod
 from lorafleet import (
+    contract,
     evaluate,
     export,
     gate,
@@ -33,6 +34,7 @@ from lorafleet import (
     select,
     sweep,
 )
+from lorafleet import data as data_mod
 from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
 from lorafleet.config import ConfigError, DomainConfig, load_domain
@@ -249,8 +251,8 @@ class Finishing:
 
 def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishContext,
                   story: SearchStory | None = None) -> DomainResult:
-    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> report -> publish, each phase timed
-    (``story``: how the domain's staged search went, for its report)."""
+    """Winner -> merge -> evaluate -> drift and ONNX parity -> gate -> result -> the model folders' contract and the
+    report -> publish, each phase timed (``story``: how the domain's staged search went, for its report)."""
     cfg, out, base_path = plan.cfg, context.work_dir / plan.cfg.name, resolve_base_model(plan.cfg.base_model_ref)
     selection, watch = choose_winner(cfg, trials), Stopwatch()
     winner = trials[selection.winner]
@@ -277,6 +279,7 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
     with watch("report"):
         record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
+        write_model_contracts(context, plan, result, out)
         write_domain_report(context, plan, result, selection, tuned, record, out)
     with watch("publish"):
         publish_domain(context, cfg.name, result, record, out)
@@ -409,6 +412,13 @@ def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, win
         seeds={"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
         base_model=cfg.base_model, winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
         merged_sha256=lineage.weights_sha256(merged_dir))
+
+
+def write_model_contracts(context: FinishContext, plan: DomainPlan, result: DomainResult, out: Path) -> None:
+    """Beside each model's weights, what a consumer needs to ask it exactly what training asked (``contract``)."""
+    for kind in ("merged", "onnx") if plan.cfg.export.onnx else ("merged",):
+        contract.write_contract(out / kind, kind, plan.cfg, plan.data.schema, result, context.run_id,
+                                evaluated_test(plan)[0])
 
 
 def write_domain_report(context: FinishContext, plan: DomainPlan, result: DomainResult, selection: select.Selection,

@@ -383,6 +383,14 @@ def _md_blocks(blocks: list[tuple]) -> list[str]:
     return out
 
 
+def result_markdown(result: DomainResult) -> str:
+    """The release gate's checks and the test split's metrics with their 95 % intervals, as the report shows them
+    (a published model's card carries them)."""
+    blocks = _gate_blocks(result.gate) if result.gate else []
+    blocks += _eval_blocks(result.test, "test", "Test split: base vs tuned vs ONNX") if result.test else []
+    return "\n".join(_md_blocks(blocks)).rstrip() + "\n"
+
+
 def render_markdown(report: DomainReport) -> str:
     lines = [f"# {_md(_verdict_line(report.result))}", "", *_md_blocks(_blocks(report))]
     return "\n".join(lines).rstrip() + "\n"

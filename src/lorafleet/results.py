@@ -107,7 +107,8 @@ class FinishTimings(BaseModel):
     onnx_export: float | None = None
     onnx_load: float | None = None
     onnx_parity_eval: float | None = Field(None, description="The ONNX model's answers and loss, then its parity.")
-    report: float | None = Field(None, description="Lineage (the weights' hashes) and the reports.")
+    report: float | None = Field(None, description="Lineage (the weights' hashes), the model folders' contract files "
+                                 "(model card, file hashes) and the reports.")
     publish: float | None = None
 
 

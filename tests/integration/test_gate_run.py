@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from lorafleet import publish
+from lorafleet import contract, publish
 from lorafleet.cli import main
+from lorafleet.config import load_domain
 from lorafleet.results import FinishTimings
 from tests.conftest import DOMAINS_DIR
 
@@ -56,6 +57,7 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert report["result"]["drift"]["onnx_provider"] == "CPUExecutionProvider"  # the finishing task has no GPU
     assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
     assert report["result"]["timings"]["onnx_export"] is not None and report["result"]["timings"]["publish"] is None
+    _published_folders_carry_their_contract(domain_dir, config_dir / "medical.yaml", small_base)
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 
@@ -64,3 +66,28 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     printed = capsys.readouterr().out
     line = next(row for row in printed.splitlines() if row.startswith("medical"))
     assert "GATED" in line and "score gain >= 25" in line
+
+
+def _published_folders_carry_their_contract(domain_dir, config_file, base):
+    """Both model folders hold the contract files, the manifest lists them, their prompt is the trials', and the prompt
+    rendered from the ONNX folder alone is the one the evaluation asked the test record with."""
+    from transformers import AutoTokenizer
+
+    cfg = load_domain(config_file)
+    listed = {o["key"] for o in json.loads((domain_dir / "manifest.json").read_text())["objects"]}
+    for kind in ("merged", "onnx"):
+        model = contract.read_contract(domain_dir / kind)
+        assert (model.kind, model.system_prompt, model.generation["max_new_tokens"]) == (kind, cfg.system_prompt, 24)
+        assert {f"{kind}/{f.name}" for f in model.files} | {f"{kind}/lorafleet_model.json"} <= listed
+        assert {"chat_template.jinja", "output_schema.json", "README.md", "generation_config.json"} <= \
+            {f.name for f in model.files}
+        assert "GATED: failed release gate checks" in (domain_dir / kind / "README.md").read_text()
+    trials = json.loads((domain_dir / "domain_summary.json").read_text())["trials"]
+    assert {t["lineage"]["prompt_sha256"] for t in trials} == {model.prompt_sha256}  # as the trials were asked
+    kv_cache = contract.read_contract(domain_dir / "onnx").kv_cache
+    assert (kv_cache.num_layers, kv_cache.num_kv_heads, kv_cache.head_dim) == (2, 2, 16)  # small_base's
+    asked = json.loads((domain_dir / "eval" / "test-onnx.jsonl").read_text().splitlines()[0])["input"]
+    messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": asked}]
+    evaluation_prompt = AutoTokenizer.from_pretrained(str(base)).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)
+    assert contract.render_prompt(domain_dir / "onnx", asked) == evaluation_prompt

@@ -1,0 +1,294 @@
+"""The contract a published model folder carries (the merged 16-bit model's and the ONNX export's): what a consumer
+needs to ask the model exactly what training asked, without the domain config, and to check what it got.
+
+    chat_template.jinja       the chat template; also inline in tokenizer_config.json, the only place transformers.js
+                              reads it from
+    generation_config.json    the evaluation's generation settings over the model's own: greedy, eval.max_new_tokens,
+                              the EOS and pad ids evaluation passed
+    output_schema.json        the JSON Schema every answer was scored against
+    README.md                 the model card (Hugging Face style): numbers, gate verdict, how to call it
+    lorafleet_model.json      all of it machine-readable, with the inputs, outputs and KV-cache layout and every other
+                              file's bytes and sha256 (written last)
+
+``render_prompt(folder, user_message)`` builds the prompt from the folder alone, through the same functions
+(``prompt.py``) that built the training and evaluation prompts."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import lorafleet
+from lorafleet import report
+from lorafleet.config import DomainConfig
+from lorafleet.data import Example
+from lorafleet.evaluate import generation_settings
+from lorafleet.lineage import prompt_sha256, sha256_file
+from lorafleet.prompt import MessageFormat, prompt_messages, prompt_text
+from lorafleet.results import DomainResult
+
+MODEL_JSON = "lorafleet_model.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+OUTPUT_SCHEMA = "output_schema.json"
+MODEL_CARD = "README.md"
+CONTRACT_VERSION = 1
+# greedy decoding ignores them; left at a base's sampling values they fail the config's own check when it is saved
+SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what a model card's base_model may name
+
+Kind = Literal["merged", "onnx"]
+
+
+class TensorSpec(BaseModel):
+    """One input or output of the model: its name, and (read from the ONNX graph) element type and shape, where a
+    dimension is a number or the name of a dynamic axis."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    dtype: str | None = None
+    shape: list[int | str | None] | None = None
+
+
+class KVCache(BaseModel):
+    """The past key/value cache a generation step hands the next: one key and one value tensor per layer."""
+
+    model_config = ConfigDict(frozen=True)
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    layout: list[str] = ["batch_size", "num_kv_heads", "sequence_length", "head_dim"]
+    inputs: str | None = Field(None, description="The graph inputs of the cache, by layer (ONNX).")
+    outputs: str | None = Field(None, description="The graph outputs of the updated cache, by layer (ONNX).")
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    bytes: int
+    sha256: str
+
+
+class ModelContract(BaseModel):
+    """lorafleet_model.json: how to ask a published model, what it takes and gives, and which files make it."""
+
+    model_config = ConfigDict(frozen=True)
+    contract_version: int = CONTRACT_VERSION
+    domain: str
+    kind: Kind
+    dtype: str
+    description: str
+    base_model: str
+    run_id: str
+    dataset_version: str
+    lorafleet_version: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    kv_cache: KVCache | None
+    system_prompt: str
+    chat_template: str = Field(CHAT_TEMPLATE, description="The chat template's file (also inline in "
+                               "tokenizer_config.json).")
+    prompt_sha256: str = Field(description="lineage.prompt_sha256 of the system prompt and chat template: the same "
+                               "as every trial's lineage records.")
+    message_format: MessageFormat
+    generation: dict[str, Any] = Field(description="The arguments evaluation passed to generate (generation_config.json "
+                                       "holds them over the model's own settings).")
+    output_schema: str = OUTPUT_SCHEMA
+    files: list[FileEntry] = Field(description="Every other file of the folder, with its bytes and sha256.")
+
+
+def read_contract(folder: str | Path) -> ModelContract:
+    return ModelContract.model_validate_json((Path(folder) / MODEL_JSON).read_text(encoding="utf-8"))
+
+
+def render_prompt(folder: str | Path, user_message: str) -> str:
+    """The prompt text for one user message, from a published folder alone: its tokenizer and chat template, and
+    the system prompt its lorafleet_model.json holds."""
+    from transformers import AutoTokenizer
+
+    contract = read_contract(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return prompt_text(tokenizer, prompt_messages(contract.system_prompt, user_message))
+
+
+def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: dict[str, Any], result: DomainResult,
+                   run_id: str, example: Example) -> ModelContract:
+    """Write the contract files into a model folder that holds the model's tokenizer (``example``: a test record the
+    card shows the call with); lorafleet_model.json last, listing the others' hashes."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=cfg.trust_remote_code)
+    template = write_chat_template(folder, tokenizer.chat_template)
+    settings = write_generation_config(folder, generation_settings(tokenizer, cfg.eval.max_new_tokens))
+    (folder / OUTPUT_SCHEMA).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    inputs, outputs, kv_cache, dtype = (onnx_signature(folder) if kind == "onnx" else
+                                        merged_signature(folder, tokenizer.model_input_names))
+    contract = ModelContract(
+        domain=cfg.name, kind=kind, dtype=dtype, description=cfg.description, base_model=cfg.base_model,
+        run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
+        inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
+        prompt_sha256=prompt_sha256(cfg.system_prompt, template), message_format=MessageFormat.of(cfg.data.format),
+        generation=settings, files=[])
+    (folder / MODEL_CARD).write_text(model_card(contract, result, example), encoding="utf-8")
+    contract = contract.model_copy(update={"files": file_entries(folder)})
+    (folder / MODEL_JSON).write_text(contract.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return contract
+
+
+def write_chat_template(folder: Path, template: Any) -> str:
+    """chat_template.jinja, and the same template inline in tokenizer_config.json (transformers saves only the file;
+    transformers.js reads only the inline one)."""
+    if not isinstance(template, str):
+        raise ValueError(f"{folder}: the tokenizer's chat template is {type(template).__name__}, expected one template")
+    (folder / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return template
+
+
+def write_generation_config(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json as evaluation generated: the folder's own (what the model loaded) updated with the
+    evaluation's arguments, so that a bare ``model.generate(**inputs)`` answers as the evaluation did."""
+    from transformers import GenerationConfig
+
+    config = (GenerationConfig.from_pretrained(str(folder)) if (folder / "generation_config.json").is_file()
+              else GenerationConfig())
+    config.update(**settings)
+    config._from_model_config = False  # else generate may rebuild it from config.json (transformers' legacy rule)
+    default = GenerationConfig()
+    for name in SAMPLING_ONLY:
+        setattr(config, name, getattr(default, name))
+    config.validate(strict=True)
+    # the settings written out even where they are transformers' defaults: a reader sees greedy without knowing those
+    (folder / "generation_config.json").write_text(json.dumps({**config.to_diff_dict(), **settings}, indent=2) + "\n",
+                                                   encoding="utf-8")
+    return settings
+
+
+def onnx_signature(folder: Path) -> tuple[list[TensorSpec], list[TensorSpec], KVCache | None, str]:
+    """Inputs, outputs, KV cache and dtype (the logits') of model.onnx, read from its graph (weights left on disk)."""
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in tensor.shape.dim]
+        return TensorSpec(name=value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                          shape=dims)
+
+    inputs, outputs = [spec(v) for v in graph.input], [spec(v) for v in graph.output]
+    past = [s for s in inputs if re.fullmatch(r"past_key_values\.\d+\.key", s.name)]
+    kv_cache = None
+    if past:
+        shape = past[0].shape or []
+        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+            raise ValueError(f"{folder / 'model.onnx'}: {past[0].name} has shape {shape}; expected [batch, kv heads, "
+                             "sequence, head dim] with the heads and head dim fixed")
+        kv_cache = KVCache(num_layers=len(past), num_kv_heads=shape[1], head_dim=shape[3],
+                           inputs="past_key_values.{layer}.key, past_key_values.{layer}.value",
+                           outputs="present.{layer}.key, present.{layer}.value")
+    logits = next((s for s in outputs if s.name == "logits"), outputs[0])
+    return inputs, outputs, kv_cache, logits.dtype or "unknown"
+
+
+def merged_signature(folder: Path, input_names: list[str]) -> tuple[list[TensorSpec], list[TensorSpec], KVCache | None,
+                                                                    str]:
+    """Inputs (the tokenizer's), outputs, KV cache and dtype of a transformers model, from its config.json."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    kv_cache = None
+    if "num_hidden_layers" in config and "num_attention_heads" in config:
+        heads = config["num_attention_heads"]
+        kv_cache = KVCache(num_layers=config["num_hidden_layers"], num_kv_heads=config.get("num_key_value_heads") or heads,
+                           head_dim=config.get("head_dim") or config["hidden_size"] // heads)
+    dtype = config.get("dtype") or config.get("torch_dtype") or "unknown"
+    return [TensorSpec(name=n) for n in input_names], [TensorSpec(name="logits")], kv_cache, dtype
+
+
+def file_entries(folder: Path) -> list[FileEntry]:
+    return [FileEntry(name=p.relative_to(folder).as_posix(), bytes=p.stat().st_size, sha256=sha256_file(p))
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MODEL_JSON]
+
+
+# ---- the model card ------------------------------------------------------------------------------------
+
+def model_card(contract: ModelContract, result: DomainResult, example: Example) -> str:
+    """README.md: Hugging Face front matter, then what the model is, its numbers and gate verdict, and the exact call."""
+    tags = ["lorafleet", "lora", "structured-output", "json", contract.domain, *(["onnx"] if contract.kind == "onnx" else [])]
+    front = [*([f"base_model: {json.dumps(contract.base_model)}"] if HUB_ID_RE.fullmatch(contract.base_model) else []),
+             f"library_name: {'optimum' if contract.kind == 'onnx' else 'transformers'}",
+             "pipeline_tag: text-generation", "tags:", *(f"- {json.dumps(t)}" for t in tags)]
+    weights = ("ONNX (Optimum text-generation-with-past, with KV cache)" if contract.kind == "onnx" else
+               "merged 16-bit safetensors (LoRA adapter merged into the base)")
+    facts = [("domain", contract.domain), ("weights", f"{weights}, {contract.dtype}"), ("base model", contract.base_model),
+             ("run", contract.run_id), ("dataset version", contract.dataset_version),
+             ("lorafleet", contract.lorafleet_version), ("prompt sha256", contract.prompt_sha256)]
+    lines = ["---", *front, "---", "", f"# {contract.domain} ({contract.kind})", "", contract.description, "",
+             "| | |", "| --- | --- |", *(f"| {k} | `{v}` |" for k, v in facts), "",
+             "## Verdict", "", _verdict(result), "", report.result_markdown(result), *_training(result),
+             "## Intended use", "", _intended_use(contract, result),
+             "## How to call it", "", *_how_to_call(contract, example)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _training(result: DomainResult) -> list[str]:
+    if result.winner is None:
+        return []
+    hparams = {k: v for k, v in asdict(result.winner).items() if v is not None}
+    return ["## Training", "", f"The winning trial's LoRA hyperparameters, of {len(result.trials)} trials:", "",
+            "| " + " | ".join(hparams) + " |", "|" + " --- |" * len(hparams),
+            "| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in hparams.values()) + " |", ""]
+
+
+def _verdict(result: DomainResult) -> str:
+    if result.gate is None:
+        return "No release gate was applied."
+    if result.gate.passed:
+        return (f"PASSED: all {len(result.gate.checks)} release gate checks passed; the run makes it the domain's latest "
+                "(unless a newer run already is).")
+    return (f"GATED: failed release gate checks: {', '.join(result.gate.failed)}. The domain's latest pointer stays at "
+            "an earlier run; this model is published for inspection, not for use.")
+
+
+def _intended_use(contract: ModelContract, result: DomainResult) -> str:
+    n = result.test.tuned.n if result.test else 0
+    return (f"{contract.description} The input is one text like the domain's records; the answer is one JSON object "
+            f"meant to follow `{contract.output_schema}`: validate every answer against it (the test metrics above, on "
+            f"{n} held-out records, say how often answers did). Ask it exactly as below: the system prompt, one user "
+            f"message ({_user_message_rule(contract.message_format)}) and greedy decoding up to "
+            f"{contract.generation['max_new_tokens']} new tokens; other prompts and sampling were never evaluated. "
+            "It is not a general assistant.\n")
+
+
+def _user_message_rule(fmt: MessageFormat) -> str:
+    if fmt.user_message_without_input is None:
+        return "the record's text as it is"
+    return f"the instruction, a blank line, then the input: `{fmt.user_message!r}`"
+
+
+def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
+    load = (["from optimum.onnxruntime import ORTModelForCausalLM", "from transformers import AutoTokenizer", "",
+             'folder = "."  # this folder', "tokenizer = AutoTokenizer.from_pretrained(folder)",
+             "model = ORTModelForCausalLM.from_pretrained(folder)"] if contract.kind == "onnx" else
+            ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             'folder = "."  # this folder', "tokenizer = AutoTokenizer.from_pretrained(folder)",
+             "model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)"])
+    settings = ", ".join(f"{k}={v!r}" for k, v in contract.generation.items())
+    code = ["import json", *load, "", f"SYSTEM_PROMPT = {contract.system_prompt!r}",
+            f"USER_MESSAGE = {example.user_text!r}  # a test record", "",
+            "messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, {'role': 'user', 'content': USER_MESSAGE}]",
+            "text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
+            "inputs = tokenizer(text, return_tensors='pt', add_special_tokens=False)",
+            f"output = model.generate(**inputs, {settings})",
+            "answer = tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)",
+            "print(json.loads(answer))"]
+    return ["These settings are also in `generation_config.json`, so `model.generate(**inputs)` alone answers the "
+            "same. With lorafleet installed, `lorafleet.contract.render_prompt(folder, USER_MESSAGE)` gives the same "
+            "`text`, byte for byte the prompt training and evaluation used.", "", "```python", *code, "```", "",
+            "The record's reference answer:", "", "```json", example.completion, "```"]
