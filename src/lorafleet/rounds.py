@@ -25,8 +25,8 @@ with the rule that produced them, a sentence a person reads) or why the search s
   ``target_score``; ``max_rounds`` rounds (round 0 included) are done.
 
 A round's winner is the domain's own selection rule (``pick``: ``pick_with(domain.select.rule)`` wraps
-``select.pick_winner``) over the round's finished trials; ``Stopped.best`` is that rule over every finished trial
-from round 1 on (the smoke trial trains too few steps to be a candidate).
+``select.pick_winner``) over the round's finished trials. The domain's winner is chosen after the search, by the same
+rule over every finished trial but the smoke trial (which trains too few steps to be a candidate).
 """
 from __future__ import annotations
 
@@ -99,13 +99,11 @@ class NextRound:
 @dataclass(frozen=True)
 class Stopped:
     """Why the search stops, with its numbers. ``fix_prompt``: the verdict is that the prompt or the output
-    constraints need fixing, not the hyperparameters (the smoke gate, or grounding flagged low). ``best``: the
-    domain's rule over every finished trial from round 1 on (None when there is none)."""
+    constraints need fixing, not the hyperparameters (the smoke gate, or grounding flagged low)."""
 
     reason: str
     fix_prompt: bool = False
     flags: tuple[str, ...] = ()
-    best: Observed | None = None
 
 
 Decision = NextRound | Stopped
@@ -166,16 +164,15 @@ def plan_next(settings: Settings, history: Sequence[Sequence[Observed]], pick: P
     winner = _winner(history[k], pick)
     if k == 0:
         return _after_smoke(settings, winner, len(history[0]))
-    best = _winner([o for trials in history[1:] for o in trials], pick)
     if winner is None:
         return Stopped(f"every trial of round {k} failed ({len(history[k])} trial(s)); fix the cause before searching "
-                       "further", best=best)
+                       "further")
     flags = _flags(settings, winner)
     fix_prompt = any(f.startswith(GROUNDING_FLAG) for f in flags)
     score = _metric(winner, "score")
     if r.target_score is not None and score is not None and score >= r.target_score:
         return Stopped(f"round {k}'s winner {winner.config.label} scored {score:.2f}, reaching target_score "
-                       f"{r.target_score:g}", fix_prompt, flags, best)
+                       f"{r.target_score:g}", fix_prompt, flags)
     if k >= 2:
         previous = _winner(history[k - 1], pick)
         before = None if previous is None else _metric(previous, "score")
@@ -184,25 +181,19 @@ def plan_next(settings: Settings, history: Sequence[Sequence[Observed]], pick: P
             if gain < r.min_improvement - EPSILON:
                 return Stopped(f"round {k}'s winner {winner.config.label} scored {score:.2f}, {gain:+.2f} points on "
                                f"round {k - 1}'s {before:.2f}: less than min_improvement {r.min_improvement:g}",
-                               fix_prompt, flags, best)
+                               fix_prompt, flags)
             if r.target_score is not None and all(
                     r.target_score - r.oscillation_band <= s < r.target_score for s in (before, score)):
                 return Stopped(f"rounds {k - 1} and {k}'s winners scored {before:.2f} and {score:.2f}, both within "
                                f"oscillation_band {r.oscillation_band:g} points under target_score {r.target_score:g}: "
                                "stuck just under it; the prompt or the retrieval is the next lever", fix_prompt,
-                               flags, best)
+                               flags)
         else:
             unscored = " and ".join(f"round {i}'s" for i, s in ((k - 1, before), (k, score)) if s is None)
             flags += (f"no score for {unscored} winner: the improvement and oscillation rules could not judge",)
     if len(history) >= r.max_rounds:
-        return Stopped(f"max_rounds {r.max_rounds} reached (rounds 0 to {k})", fix_prompt, flags, best)
-    return _derived(settings, history, winner, flags, fix_prompt, best)
-
-
-def decisions(settings: Settings, history: Sequence[Sequence[Observed]], pick: Pick) -> list[Decision]:
-    """``plan_next`` after each prefix of the history: item i is the decision that produced round i (its ``why``),
-    the last one what comes after the last observed round (a ``Stopped`` says why the search stopped)."""
-    return [plan_next(settings, history[:i], pick) for i in range(len(history) + 1)]
+        return Stopped(f"max_rounds {r.max_rounds} reached (rounds 0 to {k})", fix_prompt, flags)
+    return _derived(settings, history, winner, flags, fix_prompt)
 
 
 def _after_smoke(settings: Settings, winner: Observed | None, n: int) -> Decision:
@@ -242,7 +233,7 @@ def _flags(settings: Settings, winner: Observed) -> tuple[str, ...]:
 
 
 def _derived(settings: Settings, history: Sequence[Sequence[Observed]], winner: Observed,
-             flags: tuple[str, ...], fix_prompt: bool, best: Observed | None) -> Decision:
+             flags: tuple[str, ...], fix_prompt: bool) -> Decision:
     """Round k+1 from round k's winner by the declared rules (module docstring)."""
     r, c, k = settings.rounds, winner.config, len(history) - 1
     fields = {f: v for f, v in winner.fields.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -275,7 +266,7 @@ def _derived(settings: Settings, history: Sequence[Sequence[Observed]], winner: 
                                                                                   ("evidence field", evidence)))
         return Stopped(f"no rule asks for another config: round {k}'s winner {c.label} has {lowest} "
                        f"(field_accuracy_below {r.field_accuracy_below:g}, evidence_below {r.evidence_below:g})",
-                       fix_prompt, flags, best)
+                       fix_prompt, flags)
     tried = {_key(o.config) for trials in history for o in trials}
     fresh: list[list[RoundConfig]] = []
     skipped: list[str] = []
@@ -296,7 +287,7 @@ def _derived(settings: Settings, history: Sequence[Sequence[Observed]], winner: 
     said = "; ".join(sentence for sentence, _ in rules)
     if not chosen:
         return Stopped(f"no rule asks for another config: round {k}'s winner {c.label}: {said}; but every config "
-                       f"they ask for was tried already ({', '.join(skipped)})", fix_prompt, flags, best)
+                       f"they ask for was tried already ({', '.join(skipped)})", fix_prompt, flags)
     why = f"from round {k}'s winner {c.label}: {said}"
     if skipped:
         why += f"; already tried, not repeated: {', '.join(skipped)}"

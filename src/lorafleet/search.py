@@ -23,7 +23,7 @@ from lorafleet.config import DomainConfig, RangeSpec
 from lorafleet.metrics import FIELD_PREFIX
 from lorafleet.packing import PackedGpus
 from lorafleet.results import RoundNote, SearchStory
-from lorafleet.sweep import SPACE_KEYS
+from lorafleet.sweep import SPACE_KEYS, trial_hparams
 from lorafleet.train import HParams
 
 
@@ -210,11 +210,11 @@ class DomainSearch(Searcher):
 Strategy = FixedTrials | OptunaTrials | RoundsTrials
 
 
-def strategy(cfg: DomainConfig, fixed: list[HParams]) -> Strategy:
-    """The domain's strategy (``fixed``: its grid or random trials, for those searches)."""
+def strategy(cfg: DomainConfig) -> Strategy:
+    """The domain's strategy: the staged rounds, Optuna, or its grid or random trials fixed before the sweep."""
     if cfg.sweep.strategy == "rounds":
         return RoundsTrials(cfg)
-    return OptunaTrials(cfg) if cfg.sweep.search == "optuna" else FixedTrials(fixed)
+    return OptunaTrials(cfg) if cfg.sweep.search == "optuna" else FixedTrials(trial_hparams(cfg))
 
 
 class DomainSchedulers(FIFOScheduler):

@@ -425,8 +425,7 @@ def _fit(experiment: _Experiment, gpu_shares: dict[str, float], packed: packing.
     from lorafleet import search
 
     plans = experiment.plans
-    fixed = {d: trial_hparams(plan.cfg) for d, plan in plans.items()}
-    strategies = {d: search.strategy(plan.cfg, fixed[d]) for d, plan in plans.items()}
+    strategies = {d: search.strategy(plan.cfg) for d, plan in plans.items()}
     totals = [s.total for s in strategies.values()]
     total = sum(totals) if None not in totals else None
 

@@ -12,7 +12,6 @@ from lorafleet.rounds import (
     RoundConfig,
     Settings,
     Stopped,
-    decisions,
     pick_with,
     plan_next,
 )
@@ -164,7 +163,6 @@ def test_low_grounding_is_a_prompt_flag_and_no_config():
     assert decision.flags == ("grounding low: a prompt problem: round winner r16 lr0.0002 s200 L1024 has grounding "
                               "0.500 < grounding_below 0.8; make the prompt demand evidence quoted verbatim from the "
                               "input (no config comes from it)",)
-    assert decision.best == round_1(grounding=0.5)[0]
 
 
 def test_low_grounding_beside_a_low_field_is_flagged_on_the_next_round():
@@ -195,7 +193,7 @@ def test_a_failed_trial_counts_as_tried_and_all_tried_stops():
     history = [passed_smoke(), [obs(BASE, 80.0, amount=0.6), Observed(RoundConfig(16, 2e-4, 300, 1024), failed=True),
                                 Observed(RoundConfig(16, 2.5e-4, 200, 1024), {})]]
     decision = plan_next(SETTINGS, history, PICK)
-    assert isinstance(decision, Stopped) and decision.best == history[1][0]
+    assert isinstance(decision, Stopped)
     assert decision.reason.endswith("but every config they ask for was tried already (r16 lr0.0002 s300 L1024, "
                                     "r16 lr0.00025 s200 L1024)")
 
@@ -208,16 +206,14 @@ R2_STEPS, R2_LR = RoundConfig(16, 2e-4, 300, 1024), RoundConfig(16, 2.5e-4, 200,
 def test_a_small_improvement_stops():
     history = [passed_smoke(), round_1(amount=0.6), [obs(R2_STEPS, 80.2, amount=0.7), obs(R2_LR, 79.0, amount=0.7)]]
     decision = plan_next(SETTINGS, history, PICK)
-    # best: the domain's rule over rounds 1 and 2; 80.2 and 80.0 are within its half-point tie: the first one stays
     assert decision == Stopped("round 2's winner r16 lr0.0002 s300 L1024 scored 80.20, +0.20 points on round 1's "
-                               "80.00: less than min_improvement 0.3", best=history[1][0])
+                               "80.00: less than min_improvement 0.3")
 
 
-def test_a_worse_round_stops_and_the_best_stays_the_earlier_winner():
+def test_a_worse_round_stops():
     history = [passed_smoke(), round_1(amount=0.6), [obs(R2_STEPS, 78.0, amount=0.7), obs(R2_LR, 77.0, amount=0.7)]]
     decision = plan_next(SETTINGS, history, PICK)
     assert isinstance(decision, Stopped) and "-2.00 points on round 1's 80.00" in decision.reason
-    assert decision.best == history[1][0]
 
 
 def test_enough_improvement_goes_on_from_the_latest_winner():
@@ -234,7 +230,7 @@ def test_oscillating_just_under_the_target_stops():
     decision = plan_next(settings, history, PICK)
     assert decision == Stopped("rounds 1 and 2's winners scored 94.50 and 94.90, both within oscillation_band 0.5 "
                                "points under target_score 95: stuck just under it; the prompt or the retrieval is the "
-                               "next lever", best=history[1][0])  # within the rule's half-point tie: the first
+                               "next lever")
     # one of the two outside the band: the search goes on
     below = [passed_smoke(), round_1(94.0, amount=0.6), history[2]]
     assert isinstance(plan_next(settings, below, PICK), NextRound)
@@ -244,21 +240,21 @@ def test_reaching_the_target_stops():
     settings = make_settings(target_score=95)
     history = [passed_smoke(), round_1(95.2, amount=0.6)]
     assert plan_next(settings, history, PICK) == Stopped(
-        "round 1's winner r16 lr0.0002 s200 L1024 scored 95.20, reaching target_score 95", best=history[1][0])
+        "round 1's winner r16 lr0.0002 s200 L1024 scored 95.20, reaching target_score 95")
 
 
 def test_max_rounds_stops():
     history = [passed_smoke(), round_1(amount=0.6), [obs(R2_STEPS, 79.0, amount=0.7), obs(R2_LR, 81.0, amount=0.7)]]
     three = make_settings(max_rounds=3)
-    assert plan_next(three, history, PICK) == Stopped("max_rounds 3 reached (rounds 0 to 2)", best=history[2][1])
+    assert plan_next(three, history, PICK) == Stopped("max_rounds 3 reached (rounds 0 to 2)")
     r3 = [obs(RoundConfig(16, 2.5e-4, 300, 1024), 82.0, amount=0.7), obs(RoundConfig(16, 3.125e-4, 200, 1024), 70.0)]
-    assert plan_next(SETTINGS, [*history, r3], PICK) == Stopped("max_rounds 4 reached (rounds 0 to 3)", best=r3[0])
+    assert plan_next(SETTINGS, [*history, r3], PICK) == Stopped("max_rounds 4 reached (rounds 0 to 3)")
 
 
 def test_a_round_whose_trials_all_failed_stops():
     history = [passed_smoke(), round_1(amount=0.6), [Observed(R2_STEPS, failed=True), Observed(R2_LR, {})]]
     assert plan_next(SETTINGS, history, PICK) == Stopped(
-        "every trial of round 2 failed (2 trial(s)); fix the cause before searching further", best=history[1][0])
+        "every trial of round 2 failed (2 trial(s)); fix the cause before searching further")
 
 
 def test_a_winner_without_a_score_is_flagged_and_the_rules_go_on():
@@ -275,9 +271,9 @@ def test_a_round_with_no_trials_is_a_caller_error():
 
 # the whole search ----------------------------------------------------------------------------------------------------
 
-def test_decisions_replay_the_search_for_the_report():
+def test_the_decisions_replay_the_search():
     history = [passed_smoke(), round_1(amount=0.6), [obs(R2_STEPS, 80.1, amount=0.7), obs(R2_LR, 79.0)]]
-    steps = decisions(SETTINGS, history, PICK)
+    steps = [plan_next(SETTINGS, history[:i], PICK) for i in range(len(history) + 1)]
     assert [type(d).__name__ for d in steps] == ["NextRound", "NextRound", "NextRound", "Stopped"]
     assert [d.configs for d in steps[:3]] == [(SMOKE,), (BASE, CONSERVATIVE, STRONGER), (R2_STEPS, R2_LR)]
     assert "less than min_improvement 0.3" in steps[3].reason
