@@ -27,6 +27,7 @@ from lorafleet import report
 from lorafleet.config import DomainConfig
 from lorafleet.data import Example
 from lorafleet.evaluate import generation_settings
+from lorafleet.export import onnx_graph
 from lorafleet.lineage import prompt_sha256, sha256_file
 from lorafleet.prompt import MessageFormat, prompt_messages, prompt_text
 from lorafleet.results import DomainResult
@@ -172,10 +173,11 @@ def write_generation_config(folder: Path, settings: dict[str, Any]) -> dict[str,
 
 
 def onnx_signature(folder: Path) -> tuple[list[TensorSpec], list[TensorSpec], KVCache | None, str]:
-    """Inputs, outputs, KV cache and dtype (the logits') of model.onnx, read from its graph (weights left on disk)."""
+    """Inputs, outputs, KV cache and dtype (the logits') of onnx/model.onnx, read from its graph (weights left on
+    disk)."""
     import onnx
 
-    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(onnx_graph(folder)), load_external_data=False).graph
 
     def spec(value) -> TensorSpec:
         tensor = value.type.tensor_type
@@ -189,7 +191,7 @@ def onnx_signature(folder: Path) -> tuple[list[TensorSpec], list[TensorSpec], KV
     if past:
         shape = past[0].shape or []
         if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
-            raise ValueError(f"{folder / 'model.onnx'}: {past[0].name} has shape {shape}; expected [batch, kv heads, "
+            raise ValueError(f"{onnx_graph(folder)}: {past[0].name} has shape {shape}; expected [batch, kv heads, "
                              "sequence, head dim] with the heads and head dim fixed")
         kv_cache = KVCache(num_layers=len(past), num_kv_heads=shape[1], head_dim=shape[3],
                            inputs="past_key_values.{layer}.key, past_key_values.{layer}.value",

@@ -47,9 +47,18 @@ class Drift(BaseModel):
     onnx_provider: str | None = Field(None, description="The onnxruntime execution provider the ONNX model ran on.")
 
 
+GRAPH_FOLDER = "onnx"  # the graph (and its external data) under onnx/: where transformers.js looks; Optimum finds it
+
+
+def onnx_graph(folder: str | Path) -> Path:
+    """The ONNX graph of an exported model folder (config and tokenizer beside ``onnx/``)."""
+    return Path(folder) / GRAPH_FOLDER / "model.onnx"
+
+
 def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", trust_remote_code: bool = False) -> Path:
     """``text-generation-with-past`` export (decoder with KV cache) of the merged model (safetensors only), loadable
-    by ORTModelForCausalLM. ``trust_remote_code``: the domain's, for the base's own modelling code.
+    by Optimum's ORTModelForCausalLM and transformers.js alike (the graph in ``onnx/``). ``trust_remote_code``: the
+    domain's, for the base's own modelling code.
 
     ``dtype``: ``fp32`` exports on the CPU; ``fp16`` on the GPU (Optimum exports fp16 on CUDA only), at
     half the size. ``no_post_process``: Optimum's post-processing de-duplicates tied weights in memory and
@@ -60,7 +69,7 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", tr
 
     out_dir = Path(out_dir)
     marker = out_dir / MARKER
-    if (out_dir / "model.onnx").is_file() and marker.is_file() and json.loads(marker.read_text()) == {"dtype": dtype}:
+    if onnx_graph(out_dir).is_file() and marker.is_file() and json.loads(marker.read_text()) == {"dtype": dtype}:
         log.info("export: %s already holds a %s export; skipping", out_dir, dtype)
         return out_dir
     if dtype == "fp16" and not torch.cuda.is_available():
@@ -74,6 +83,9 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", tr
         main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past",
                     device="cuda" if dtype == "fp16" else "cpu", dtype=dtype, trust_remote_code=trust_remote_code,
                     no_post_process=True, do_validation=False, local_files_only=True)
+    onnx_graph(out_dir).parent.mkdir(exist_ok=True)
+    for part in out_dir.glob("model.onnx*"):  # the graph and its external data, which it names relative to itself
+        part.replace(onnx_graph(out_dir).parent / part.name)
     marker.write_text(json.dumps({"dtype": dtype}))
     return out_dir
 

@@ -255,7 +255,7 @@ def test_fp16_onnx_export_on_cuda_matches_fp16_pytorch(unsloth_trial, tmp_path):
     merged_dir = merge.merge_16bit(BASE, adapter, tmp_path / "merged")
     onnx_dir = export.to_onnx(merged_dir, tmp_path / "onnx", dtype="fp16")
     assert json.loads((onnx_dir / "lorafleet_export.json").read_text()) == {"dtype": "fp16"}
-    onnx_bytes = sum(p.stat().st_size for p in onnx_dir.glob("model.onnx*"))
+    onnx_bytes = sum(p.stat().st_size for p in export.onnx_graph(onnx_dir).parent.glob("model.onnx*"))
     merged_bytes = (merged_dir / "model.safetensors").stat().st_size
     onnx_model, _ = evaluate.load_onnx_model(str(onnx_dir))
     torch_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype="fp16")

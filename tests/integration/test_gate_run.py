@@ -3,6 +3,8 @@
 named in the summary, the reports and `lorafleet report`, artifacts are kept, and `latest.json` stays put."""
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,26 @@ from lorafleet.results import FinishTimings
 from tests.conftest import DOMAINS_DIR
 
 pytestmark = pytest.mark.integration
+JS_CONSUMER = Path(__file__).resolve().parents[1] / "js"
+
+
+@pytest.fixture(scope="module")
+def js_consumer(tmp_path_factory):
+    """tests/js with transformers.js installed from the npm registry (scripts off: onnxruntime-node's binaries come in
+    its package)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("needs Node and npm")
+    folder = tmp_path_factory.mktemp("js-consumer")
+    for name in ("package.json", "greedy.mjs"):
+        shutil.copy(JS_CONSUMER / name, folder)
+    subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=folder, check=True,
+                   capture_output=True, timeout=600)
+    return folder
 
 
 
-def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local_ray, small_base, tmp_path, capsys):
+def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local_ray, small_base, tmp_path, capsys,
+                                                                          js_consumer):
     config_dir = tmp_path / "domains"
     config_dir.mkdir()
     shutil.copy(DOMAINS_DIR / "medical.yaml", config_dir)
@@ -41,7 +59,7 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert storage.read_json(publish.latest_key("medical")) == earlier  # the pointer did not move
     assert publish.verify(f"{storage_dir}/runs/useless") == []  # artifacts and reports are kept, whole
     published_onnx = storage_dir / "runs" / "useless" / "medical" / "onnx"
-    assert (published_onnx / "model.onnx").is_file()
+    assert (published_onnx / "onnx" / "model.onnx").is_file()  # where transformers.js looks
     assert json.loads((published_onnx / "lorafleet_export.json").read_text()) == {"dtype": "fp32"}
     scratch = tmp_path / "work" / "medical"  # once published, the scratch copies of the weights are gone
     assert (scratch / "report.md").is_file() and not (scratch / "merged").exists() and not (scratch / "onnx").exists()
@@ -57,7 +75,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert report["result"]["drift"]["onnx_provider"] == "CPUExecutionProvider"  # the finishing task has no GPU
     assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
     assert report["result"]["timings"]["onnx_export"] is not None and report["result"]["timings"]["publish"] is None
-    _published_folders_carry_their_contract(domain_dir, config_dir / "medical.yaml", small_base)
+    messages = _published_folders_carry_their_contract(domain_dir, config_dir / "medical.yaml", small_base)
+    _transformers_js_answers_as_optimum(js_consumer, domain_dir / "onnx", messages)
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 
@@ -91,3 +110,22 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
     evaluation_prompt = AutoTokenizer.from_pretrained(str(base)).apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
     assert contract.render_prompt(domain_dir / "onnx", asked) == evaluation_prompt
+    return messages
+
+
+def _transformers_js_answers_as_optimum(js_consumer, folder, messages):
+    """transformers.js (Node, offline) loads the published ONNX folder as it is, renders the prompt with its own
+    template and answers greedily with the same tokens as Optimum's ORTModelForCausalLM."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    optimum = ORTModelForCausalLM.from_pretrained(str(folder)).generate(**inputs, max_new_tokens=16, do_sample=False)
+    done = subprocess.run(["node", "greedy.mjs", str(folder), json.dumps(messages), "16"], cwd=js_consumer,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    js = json.loads(done.stdout.strip().splitlines()[-1])
+    assert js["prompt"] == prompt
+    assert js["tokens"] == optimum[0, inputs["input_ids"].shape[1]:].tolist()

@@ -103,7 +103,7 @@ def test_nightly_job_publishes_good_domains_and_isolates_a_bad_one(ray_head, sma
         published = storage / "runs" / "itest" / name
         manifest = json.loads((published / "manifest.json").read_text())
         keys = {o["key"] for o in manifest["objects"]}
-        assert {"merged/model.safetensors", "onnx/model.onnx", "report.md", "report.json",
+        assert {"merged/model.safetensors", "onnx/onnx/model.onnx", "report.md", "report.json",
                 "data/test.jsonl"} <= keys
         assert d["artifacts"]["onnx"] == str(published / "onnx")
     assert "summary:" in output and "partial" in output

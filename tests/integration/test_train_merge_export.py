@@ -64,10 +64,10 @@ def _with_negated_initializer(onnx_dir, out_dir, name: str):
     from onnx import numpy_helper
 
     shutil.copytree(onnx_dir, out_dir)
-    model = onnx.load(str(out_dir / "model.onnx"))
+    model = onnx.load(str(export.onnx_graph(out_dir)))
     weight = next(w for w in model.graph.initializer if w.name == name)
     weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), name))
-    onnx.save(model, str(out_dir / "model.onnx"))
+    onnx.save(model, str(export.onnx_graph(out_dir)))
     return out_dir
 
 

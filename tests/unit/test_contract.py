@@ -168,7 +168,8 @@ def test_lorafleet_model_json_reads_inputs_outputs_and_the_kv_cache_from_the_onn
     graph = helper.make_graph([], "decoder", [*ids, *past],
                               [value("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", 600]), *present])
     base = shutil.copytree(base_dir, tmp_path / "export")
-    onnx.save(helper.make_model(graph), str(base / "model.onnx"))
+    (base / "onnx").mkdir()
+    onnx.save(helper.make_model(graph), str(base / "onnx" / "model.onnx"))
     folder = _published(base, tmp_path / "onnx", load_domain(DOMAINS_DIR / "contracts.yaml"), kind="onnx")
     model = contract.read_contract(folder)
 
@@ -178,7 +179,7 @@ def test_lorafleet_model_json_reads_inputs_outputs_and_the_kv_cache_from_the_onn
     assert model.outputs[0].name == "logits" and model.outputs[0].shape == ["batch_size", "sequence_length", 600]
     assert (model.kv_cache.num_layers, model.kv_cache.num_kv_heads, model.kv_cache.head_dim) == (3, 2, 16)
     assert model.kv_cache.inputs == "past_key_values.{layer}.key, past_key_values.{layer}.value"
-    assert "model.onnx" in {f.name for f in model.files}
+    assert "onnx/model.onnx" in {f.name for f in model.files}
     card = (folder / "README.md").read_text()
     assert "library_name: optimum" in card and "ORTModelForCausalLM.from_pretrained(folder)" in card
 
