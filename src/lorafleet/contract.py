@@ -6,6 +6,7 @@ needs to ask the model exactly what training asked, without the domain config, a
     generation_config.json    the evaluation's generation settings over the model's own: greedy, eval.max_new_tokens,
                               the EOS and pad ids evaluation passed
     output_schema.json        the JSON Schema every answer was scored against
+    genai_config.json         (ONNX) the graph and its KV cache described for onnxruntime-genai
     README.md                 the model card (Hugging Face style): numbers, gate verdict, how to call it
     lorafleet_model.json      all of it machine-readable, with the inputs, outputs and KV-cache layout and every other
                               file's bytes and sha256 (written last)
@@ -36,6 +37,7 @@ MODEL_JSON = "lorafleet_model.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 OUTPUT_SCHEMA = "output_schema.json"
 MODEL_CARD = "README.md"
+GENAI_CONFIG = "genai_config.json"
 CONTRACT_VERSION = 1
 # greedy decoding ignores them; left at a base's sampling values they fail the config's own check when it is saved
 SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
@@ -128,6 +130,8 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
     (folder / OUTPUT_SCHEMA).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     inputs, outputs, kv_cache, dtype = (onnx_signature(folder) if kind == "onnx" else
                                         merged_signature(folder, tokenizer.model_input_names))
+    if kind == "onnx":
+        write_genai_config(folder, kv_cache, outputs, settings, tokenizer.bos_token_id)
     contract = ModelContract(
         domain=cfg.name, kind=kind, dtype=dtype, description=cfg.description, base_model=cfg.base_model,
         run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
@@ -170,6 +174,35 @@ def write_generation_config(folder: Path, settings: dict[str, Any]) -> dict[str,
     (folder / "generation_config.json").write_text(json.dumps({**config.to_diff_dict(), **settings}, indent=2) + "\n",
                                                    encoding="utf-8")
     return settings
+
+
+def write_genai_config(folder: Path, kv_cache: KVCache | None, outputs: list[TensorSpec], settings: dict[str, Any],
+                       bos_token_id: int | None) -> None:
+    """genai_config.json, for onnxruntime-genai: Optimum's graph as it is (its input and output names, the KV cache
+    by layer, the vocabulary its logits span), the model's shape from config.json, greedy search as evaluation
+    generated."""
+    if kv_cache is None:
+        raise ValueError(f"{onnx_graph(folder)}: no past_key_values inputs; onnxruntime-genai needs the KV cache")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    context = config.get("max_position_embeddings") or 2048
+    decoder = {
+        "session_options": {"provider_options": []},
+        "filename": onnx_graph(folder).relative_to(folder).as_posix(),
+        "head_size": kv_cache.head_dim, "hidden_size": config["hidden_size"],
+        "num_attention_heads": config["num_attention_heads"], "num_key_value_heads": kv_cache.num_kv_heads,
+        "num_hidden_layers": kv_cache.num_layers,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"}}
+    eos, logits = settings["eos_token_id"], next(o for o in outputs if o.name == "logits")
+    vocab = logits.shape[-1] if logits.shape and isinstance(logits.shape[-1], int) else config["vocab_size"]
+    genai = {"model": {"type": config["model_type"], "bos_token_id": eos if bos_token_id is None else bos_token_id,
+                       "eos_token_id": eos, "pad_token_id": settings["pad_token_id"], "context_length": context,
+                       "vocab_size": vocab, "decoder": decoder},
+             "search": {"do_sample": settings["do_sample"], "num_beams": 1, "max_length": context,
+                        "past_present_share_buffer": False}}
+    (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=2) + "\n", encoding="utf-8")
 
 
 def onnx_signature(folder: Path) -> tuple[list[TensorSpec], list[TensorSpec], KVCache | None, str]:

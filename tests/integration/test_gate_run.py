@@ -76,7 +76,7 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
     assert report["result"]["timings"]["onnx_export"] is not None and report["result"]["timings"]["publish"] is None
     messages = _published_folders_carry_their_contract(domain_dir, config_dir / "medical.yaml", small_base)
-    _transformers_js_answers_as_optimum(js_consumer, domain_dir / "onnx", messages)
+    _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, domain_dir / "onnx", messages)
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 
@@ -113,19 +113,35 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
     return messages
 
 
-def _transformers_js_answers_as_optimum(js_consumer, folder, messages):
-    """transformers.js (Node, offline) loads the published ONNX folder as it is, renders the prompt with its own
-    template and answers greedily with the same tokens as Optimum's ORTModelForCausalLM."""
+def _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, folder, messages):
+    """transformers.js (Node, offline) and onnxruntime-genai (its genai_config.json) load the published ONNX folder as
+    it is and answer greedily with the same tokens as Optimum's ORTModelForCausalLM; transformers.js renders the
+    prompt with the folder's own template."""
+    import onnxruntime_genai as og
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    prompt_ids = inputs["input_ids"][0].tolist()
     optimum = ORTModelForCausalLM.from_pretrained(str(folder)).generate(**inputs, max_new_tokens=16, do_sample=False)
+    expected = optimum[0, len(prompt_ids):].tolist()
+
     done = subprocess.run(["node", "greedy.mjs", str(folder), json.dumps(messages), "16"], cwd=js_consumer,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     js = json.loads(done.stdout.strip().splitlines()[-1])
-    assert js["prompt"] == prompt
-    assert js["tokens"] == optimum[0, inputs["input_ids"].shape[1]:].tolist()
+    assert js["prompt"] == prompt and js["tokens"] == expected
+
+    model = og.Model(str(folder))
+    assert og.Tokenizer(model).encode(prompt).tolist() == prompt_ids
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + 16, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt_ids)
+    genai = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        genai.append(int(generator.get_next_tokens()[0]))
+    assert genai == expected

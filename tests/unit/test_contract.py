@@ -179,7 +179,12 @@ def test_lorafleet_model_json_reads_inputs_outputs_and_the_kv_cache_from_the_onn
     assert model.outputs[0].name == "logits" and model.outputs[0].shape == ["batch_size", "sequence_length", 600]
     assert (model.kv_cache.num_layers, model.kv_cache.num_kv_heads, model.kv_cache.head_dim) == (3, 2, 16)
     assert model.kv_cache.inputs == "past_key_values.{layer}.key, past_key_values.{layer}.value"
-    assert "onnx/model.onnx" in {f.name for f in model.files}
+    assert {"onnx/model.onnx", "genai_config.json"} <= {f.name for f in model.files}
+    genai = json.loads((folder / "genai_config.json").read_text())
+    decoder = genai["model"]["decoder"]
+    assert (decoder["filename"], decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]) == \
+        ("onnx/model.onnx", 3, 2, 16)
+    assert decoder["inputs"]["past_key_names"] == "past_key_values.%d.key" and genai["search"]["do_sample"] is False
     card = (folder / "README.md").read_text()
     assert "library_name: optimum" in card and "ORTModelForCausalLM.from_pretrained(folder)" in card
 
