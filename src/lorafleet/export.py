@@ -83,9 +83,10 @@ def to_onnx(merged_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", tr
         main_export(str(merged_dir), output=str(out_dir), task="text-generation-with-past",
                     device="cuda" if dtype == "fp16" else "cpu", dtype=dtype, trust_remote_code=trust_remote_code,
                     no_post_process=True, do_validation=False, local_files_only=True)
-    onnx_graph(out_dir).parent.mkdir(exist_ok=True)
+    graph_dir = onnx_graph(out_dir).parent
+    graph_dir.mkdir(exist_ok=True)
     for part in out_dir.glob("model.onnx*"):  # the graph and its external data, which it names relative to itself
-        part.replace(onnx_graph(out_dir).parent / part.name)
+        part.replace(graph_dir / part.name)
     marker.write_text(json.dumps({"dtype": dtype}))
     return out_dir
 
