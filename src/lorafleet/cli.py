@@ -1,7 +1,9 @@
-"""``lorafleet run | validate | report | history | verify | fetch | make-tiny-base`` (also ``python -m lorafleet``)."""
+"""``lorafleet run | validate | report | history | verify | fetch | predict | make-tiny-base`` (also
+``python -m lorafleet``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -56,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--storage", default=DEFAULT_STORAGE)
     fetch.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
     fetch.add_argument("--artifact", default="onnx", choices=["onnx", "merged", "adapter"])
+    pred = sub.add_parser("predict", help="answer with a domain's published ONNX model (onnxruntime only: no torch)")
+    pred.add_argument("domain")
+    asked = pred.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--input", help="one input text; its answer row is printed")
+    asked.add_argument("--file", help='JSONL of {"id", "input"} records or records in the domain\'s data format')
+    pred.add_argument("--instruction", help="with --input on a domain of alpaca records: the instruction")
+    pred.add_argument("--out", help="with --file: where the answer rows go (JSONL, written whole at the end)")
+    pred.add_argument("--storage", default=DEFAULT_STORAGE)
+    pred.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
+    pred.add_argument("--variant", default=None, help="an ONNX variant the run published (default: the primary export)")
+    pred.add_argument("--cache", default=None, help="where fetched models are kept (default: ~/.cache/lorafleet/models)")
     return parser
 
 
@@ -150,6 +163,35 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Exit 0: every answer valid; 1: some failed the schema (each row says why); 2: nothing answered."""
+    from lorafleet import predict
+
+    if args.file and not args.out:
+        raise predict.PredictError("--file needs --out")
+    if args.out and not args.file:
+        raise predict.PredictError("--out goes with --file (--input prints its answer)")
+    folder = predict.model_folder(_storage_uri(args.storage), args.domain, args.run_id, args.variant, args.cache)
+    model = predict.OnnxModel(folder)
+    if args.input is not None:
+        record = {"input": args.input, **({"instruction": args.instruction} if args.instruction is not None else {})}
+        if model.contract.message_format.data_format == "alpaca" and args.instruction is None:
+            raise predict.PredictError(f"--input: domain {args.domain} asks with an instruction and an input (its "
+                                       "records are alpaca's): give --instruction too")
+        request = predict.request_of(record, model.contract)
+        answer = predict.answer_all(model, [request])[0]
+        print(json.dumps(answer.row(), ensure_ascii=False))
+        return 0 if answer.valid else 1
+    requests = predict.read_requests(args.file, model.contract)
+    print(f"predict {args.domain}: {len(requests)} records, model {folder}", file=sys.stderr)
+    answers = predict.answer_all(model, requests, progress=predict.show_progress)
+    predict.write_answers(args.out, answers)
+    failed = sum(not a.valid for a in answers)
+    print(f"{args.out}: {len(answers)} answers, {len(answers) - failed} valid, {failed} failed the output schema",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_report(args) -> int:
     from lorafleet.publish import read_run_summary
     from lorafleet.results import RunSummary
@@ -188,6 +230,7 @@ def print_summary(summary) -> None:
 def main(argv: list[str] | None = None) -> int:
     console.setup_driver()
     args = build_parser().parse_args(argv)
+    from lorafleet.predict import PredictError
     from lorafleet.publish import PublishError
 
     try:
@@ -203,11 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "history":
             return cmd_history(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))
         return 0
-    except (ConfigError, PublishError) as exc:
+    except (ConfigError, PublishError, PredictError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -30,7 +30,7 @@ from lorafleet.data import Example
 from lorafleet.evaluate import generation_settings
 from lorafleet.export import onnx_graph
 from lorafleet.lineage import prompt_sha256, sha256_file
-from lorafleet.prompt import MessageFormat, prompt_messages, prompt_text
+from lorafleet.prompt import MessageFormat, prompt_messages, render_chat
 from lorafleet.results import DomainResult
 
 MODEL_JSON = "lorafleet_model.json"
@@ -94,6 +94,9 @@ class ModelContract(BaseModel):
     system_prompt: str
     chat_template: str = Field(CHAT_TEMPLATE, description="The chat template's file (also inline in "
                                "tokenizer_config.json).")
+    special_tokens: dict[str, str | list[str]] = Field(
+        description="The tokenizer's special tokens (bos_token, eos_token, ...): variables of the chat template, as "
+        "transformers passes them when it renders it.")
     prompt_sha256: str = Field(description="lineage.prompt_sha256 of the system prompt and chat template: the same "
                                "as every trial's lineage records.")
     message_format: MessageFormat
@@ -108,13 +111,16 @@ def read_contract(folder: str | Path) -> ModelContract:
 
 
 def render_prompt(folder: str | Path, user_message: str) -> str:
-    """The prompt text for one user message, from a published folder alone: its tokenizer and chat template, and
-    the system prompt its lorafleet_model.json holds."""
-    from transformers import AutoTokenizer
-
+    """The prompt text for one user message, from a published folder alone (no transformers): its chat template,
+    and the system prompt and special tokens its lorafleet_model.json holds."""
     contract = read_contract(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return prompt_text(tokenizer, prompt_messages(contract.system_prompt, user_message))
+    return render_messages(folder, contract, prompt_messages(contract.system_prompt, user_message))
+
+
+def render_messages(folder: str | Path, contract: ModelContract, messages: list[dict[str, str]]) -> str:
+    """The prompt text for ``messages`` (the system prompt already first), as the folder's contract asks."""
+    template = (Path(folder) / contract.chat_template).read_text(encoding="utf-8")
+    return render_chat(template, messages, contract.special_tokens)
 
 
 def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: dict[str, Any], result: DomainResult,
@@ -136,7 +142,8 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
         domain=cfg.name, kind=kind, dtype=dtype, description=cfg.description, base_model=cfg.base_model,
         run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
         inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
-        prompt_sha256=prompt_sha256(cfg.system_prompt, template), message_format=MessageFormat.of(cfg.data.format),
+        special_tokens=tokenizer.special_tokens_map, prompt_sha256=prompt_sha256(cfg.system_prompt, template),
+        message_format=MessageFormat.of(cfg.data.format),
         generation=settings, files=[])
     (folder / MODEL_CARD).write_text(model_card(contract, result, example), encoding="utf-8")
     contract = contract.model_copy(update={"files": file_entries(folder)})

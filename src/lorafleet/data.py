@@ -18,7 +18,7 @@ import jsonschema
 
 from lorafleet import governance
 from lorafleet.config import DomainConfig
-from lorafleet.prompt import MessageFormat, with_system_prompt
+from lorafleet.prompt import record_turns, with_system_prompt
 
 SPLITS = ("train", "val", "test")
 
@@ -80,47 +80,12 @@ class PreparedData:
         return digest.hexdigest()
 
 
-# ---- format adapters: record -> (prompt turns, answer) ------------------------------------------
-
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-
-
-def _turns_messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    turns = record["messages"]
-    if not isinstance(turns, list):
-        raise KeyError("messages (a list)")
-    return [{"role": t["role"], "content": t["content"]} for t in turns]
-
-
-def _turns_conversations(record: dict[str, Any]) -> list[dict[str, str]]:
-    turns = record["conversations"]
-    if not isinstance(turns, list):
-        raise KeyError("conversations (a list)")
-    out = []
-    for t in turns:
-        if t["from"] not in _SHAREGPT_ROLES:
-            raise ValueError(f"unknown speaker {t['from']!r} (expected one of {sorted(_SHAREGPT_ROLES)})")
-        out.append({"role": _SHAREGPT_ROLES[t["from"]], "content": t["value"]})
-    return out
-
-
-def _turns_alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
-    user = MessageFormat.of("alpaca").render_user(record.get("input") or "", record["instruction"])
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-
-
-ADAPTERS = {"messages": _turns_messages, "conversations": _turns_conversations, "alpaca": _turns_alpaca}
-
-
 def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
     """One raw record -> Example. Raises KeyError/ValueError/TypeError on a malformed record."""
-    turns = ADAPTERS[cfg.data.format](record)
+    turns = record_turns(record, cfg.data.format)
     if cfg.data.group_key not in record:
         raise KeyError(cfg.data.group_key)
-    for t in turns:
-        if t["role"] not in ("system", "user", "assistant") or not isinstance(t["content"], str):
-            raise ValueError(f"bad turn {t!r}: role must be system/user/assistant and content a string")
-    if not turns or turns[-1]["role"] != "assistant":
+    if turns[-1]["role"] != "assistant":
         raise ValueError("the last turn must be the assistant's answer")
     prompt = turns[:-1]
     if not any(t["role"] == "user" for t in prompt):

@@ -223,7 +223,7 @@ def _field_score(pred: Any, ref: Any, tol: float = 0.01) -> float:
     return float(type(pred) is type(ref) and pred == ref)  # bool, null
 
 
-def _parse(text: str) -> tuple[bool, Any]:
+def parse_answer(text: str) -> tuple[bool, Any]:
     """(ok, value): strict JSON after stripping whitespace, ``null`` included."""
     try:
         return True, json.loads(text.strip())
@@ -253,7 +253,7 @@ def _text_scores(pred: str | None, ref: str) -> tuple[float, float]:
 def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec) -> ExampleScore:
     """The per-example values of one answer (see the module docstring). ``validator`` is a jsonschema
     validator (Draft202012Validator)."""
-    ok, pred = _parse(pred_text)
+    ok, pred = parse_answer(pred_text)
     ref = json.loads(ref_text)
     ref = ref if isinstance(ref, dict) else {}
     got = pred if isinstance(pred, dict) else {}

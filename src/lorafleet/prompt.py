@@ -1,11 +1,14 @@
 """How a record is asked: the domain's system prompt, then the user message the record's input becomes, rendered by
 the tokenizer's chat template with the assistant's turn opened. The one source for training (``data.to_example``
 builds every prompt here; TRL renders it with the same template and the same ``add_generation_prompt``), evaluation
-and parity (``prompt_text``), and a published model's consumers (``contract.render_prompt``), so all of them ask
-alike."""
+and parity (``prompt_text``), and a published model's consumers (``contract.render_prompt``, ``lorafleet predict``:
+``record_turns`` and ``render_chat``, which need neither transformers nor torch), so all of them ask alike."""
 from __future__ import annotations
 
-from typing import Literal
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,3 +64,77 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
     """The prompt as the model reads it: the chat template over the messages, the assistant's turn opened (TRL
     renders a training prompt the same way, then appends the answer)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_chat(template: str, messages: list[dict[str, str]], special_tokens: dict[str, Any]) -> str:
+    """``prompt_text`` without transformers: the chat template rendered as transformers' ``apply_chat_template``
+    renders it (the same jinja environment, filters and globals; the tokenizer's special tokens as variables), the
+    assistant's turn opened."""
+    return _compiled(template).render(messages=messages, tools=None, documents=None, add_generation_prompt=True,
+                                      **special_tokens)
+
+
+@lru_cache(maxsize=8)
+def _compiled(template: str):
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):  # not HTML-escaped, as transformers
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+# ---- format adapters: a record of the domain's data format -> its turns ---------------------------------------
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def _turns_messages(record: dict[str, Any], with_answer: bool) -> list[dict[str, str]]:
+    turns = record["messages"]
+    if not isinstance(turns, list):
+        raise KeyError("messages (a list)")
+    return [{"role": t["role"], "content": t["content"]} for t in turns]
+
+
+def _turns_conversations(record: dict[str, Any], with_answer: bool) -> list[dict[str, str]]:
+    turns = record["conversations"]
+    if not isinstance(turns, list):
+        raise KeyError("conversations (a list)")
+    out = []
+    for t in turns:
+        if t["from"] not in SHAREGPT_ROLES:
+            raise ValueError(f"unknown speaker {t['from']!r} (expected one of {sorted(SHAREGPT_ROLES)})")
+        out.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return out
+
+
+def _turns_alpaca(record: dict[str, Any], with_answer: bool) -> list[dict[str, str]]:
+    user = MessageFormat.of("alpaca").render_user(record.get("input") or "", record["instruction"])
+    return [{"role": "user", "content": user}, *([{"role": "assistant", "content": record["output"]}] if with_answer else [])]
+
+
+_ADAPTERS = {"messages": _turns_messages, "conversations": _turns_conversations, "alpaca": _turns_alpaca}
+
+
+def record_turns(record: dict[str, Any], data_format: DataFormat, with_answer: bool = True) -> list[dict[str, str]]:
+    """A record's turns in role/content form. ``with_answer``: the record holds the answer (training data: alpaca's
+    ``output`` is read); without, the turns asked (a trailing assistant turn, as an evaluation file has, is left
+    out). Raises KeyError/ValueError/TypeError on a malformed record."""
+    turns = _ADAPTERS[data_format](record, with_answer)
+    for t in turns:
+        if t["role"] not in ("system", "user", "assistant") or not isinstance(t["content"], str):
+            raise ValueError(f"bad turn {t!r}: role must be system/user/assistant and content a string")
+    if not with_answer:
+        while turns and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+    if not any(t["role"] == "user" for t in turns):
+        raise ValueError("no user turn")
+    return turns

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DOMAIN_SUMMARY = "domain_summary.json"
+FETCH_RECORD = "lorafleet_source.json"  # where a fetched folder came from
 RUN_ID_RE = DOMAIN_NAME_RE  # run ids become keys too; same rule
 PROMOTE_ATTEMPTS = 10  # an attempt fails only when another promoter moved the pointer, which each does once
 HISTORY_ATTEMPTS = 10  # likewise: an append fails only when another run appended in between
@@ -496,7 +497,7 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
             target = staging / obj["key"][len(artifact) + 1:]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        (staging / "lorafleet_source.json").write_text(json.dumps(
+        (staging / FETCH_RECORD).write_text(json.dumps(
             {"storage": storage_uri, "run_id": run_id, "domain": domain, "fetched_at": _now(),
              "manifest_published_at": manifest["published_at"]}, indent=2))
         staging.rename(dest)

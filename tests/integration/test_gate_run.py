@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorafleet import contract, publish
+from lorafleet import contract, predict, publish
 from lorafleet.cli import main
 from lorafleet.config import load_domain
 from lorafleet.results import FinishTimings
@@ -114,9 +114,9 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
 
 
 def _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, folder, messages):
-    """transformers.js (Node, offline) and onnxruntime-genai (its genai_config.json) load the published ONNX folder as
-    it is and answer greedily with the same tokens as Optimum's ORTModelForCausalLM; transformers.js renders the
-    prompt with the folder's own template."""
+    """transformers.js (Node, offline), onnxruntime-genai (its genai_config.json) and lorafleet predict load the
+    published ONNX folder as it is and answer greedily with the same tokens as Optimum's ORTModelForCausalLM;
+    transformers.js and predict render the prompt from the folder's own template."""
     import onnxruntime_genai as og
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
@@ -145,3 +145,7 @@ def _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, folder
         generator.generate_next_token()
         genai.append(int(generator.get_next_tokens()[0]))
     assert genai == expected
+
+    ours = predict.OnnxModel(folder)  # lorafleet predict: onnxruntime, tokenizers and jinja only
+    assert ours.prompt(messages[1:]) == prompt and ours.prompt_ids(prompt) == prompt_ids
+    assert ours.generate(prompt_ids)[:16] == expected

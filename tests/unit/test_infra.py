@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 IMAGE = "registry.example.internal/lorafleet:latest"
 RAY_VERSION = next(re.search(r"==([\w.]+)", d).group(1) for d in tomllib.loads(
-    (REPO / "pyproject.toml").read_text())["project"]["dependencies"] if d.startswith("ray["))
+    (REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"] if d.startswith("ray["))
 TOKEN_AUTH = {"mode": "token", "secretName": "lorafleet-ray-auth"}
 SECRET_NAMES = re.compile(r"AWS_|TOKEN|WEBHOOK|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
