@@ -151,6 +151,61 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
     return contract
 
 
+def write_adapter_card(folder: str | Path, cfg: DomainConfig, result: DomainResult, base_sha256: str | None) -> None:
+    """The published adapter folder, for multi-adapter servers: ``adapter_config.json`` names the base as the domain
+    config does (PEFT wrote the path training loaded it from, a folder of the training machine), and README.md (PEFT's
+    empty template until now) says which base weights it was trained on and how to serve it."""
+    folder = Path(folder)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = cfg.base_model
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / MODEL_CARD).write_text(adapter_card(cfg, result, config, base_sha256), encoding="utf-8")
+
+
+def adapter_card(cfg: DomainConfig, result: DomainResult, adapter: dict[str, Any], base_sha256: str | None) -> str:
+    hub_id = HUB_ID_RE.fullmatch(cfg.base_model) is not None
+    base = cfg.base_model if hub_id else "BASE"
+    front = [*([f"base_model: {json.dumps(cfg.base_model)}"] if hub_id else []), "library_name: peft",
+             "pipeline_tag: text-generation", "tags:", *(f"- {json.dumps(t)}" for t in ("lorafleet", "lora", cfg.name))]
+    lines = ["---", *front, "---", "", f"# {cfg.name} (LoRA adapter)", "", cfg.description, "",
+             "| | |", "| --- | --- |", *(f"| {k} | `{v}` |" for k, v in (
+                 ("base model", cfg.base_model), ("base weights sha256", base_sha256 or "unknown"),
+                 ("LoRA rank, alpha", f"{adapter.get('r')}, {adapter.get('lora_alpha')}"),
+                 ("target modules", ", ".join(sorted(adapter.get("target_modules") or []))),
+                 ("dataset version", result.dataset_version))), "",
+             "## Verdict", "", _verdict(result), "", report.result_markdown(result),
+             "## The base it needs", "", _base_note(cfg.base_model), "",
+             "## Serving it", "",
+             "Ask it as the merged and ONNX models are asked: the system prompt and chat template of this run "
+             "(`chat_template.jinja` here; `../onnx/lorafleet_model.json` has the system prompt), greedy decoding.", "",
+             "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
+             f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), \".\")  # this folder",
+             "```", "",
+             "Multi-adapter servers load it onto the base they serve, one adapter per domain:", "", "```bash",
+             f"vllm serve {base} --enable-lora --max-lora-rank {adapter.get('r')} --lora-modules {cfg.name}=./adapter",
+             f"lorax-launcher --model-id {base}   # then ask with adapter_id=./adapter, adapter_source=local",
+             "```"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _base_note(base_model: str) -> str:
+    from lorafleet.base_model import GGUF_PREFIX, RANDOM_PREFIX
+
+    if base_model == "tiny":
+        note = ("the embedded tiny base, which lorafleet builds itself (`lorafleet make-tiny-base DIR`); no server has it "
+                "otherwise: the merged model beside this folder is the one to serve.")
+    elif base_model.startswith(RANDOM_PREFIX):
+        note = "a random-init model of a public shape, for throughput runs only: nothing to serve."
+    elif base_model.startswith(GGUF_PREFIX):
+        note = ("a GGUF file dequantized by transformers: serve the same dequantized weights (check their sha256) or "
+                "the merged model beside this folder.")
+    else:
+        note = "the hub id or path the domain config names; check the served copy's weights against the sha256 above."
+    return (f"`{base_model}`: {note} An adapter on other base weights answers differently from what the release "
+            "gate measured.")
+
+
 def write_chat_template(folder: Path, template: Any) -> str:
     """chat_template.jinja, and the same template inline in tokenizer_config.json (transformers saves only the file;
     transformers.js reads only the inline one)."""
@@ -330,7 +385,10 @@ def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
             f"output = model.generate(**inputs, {settings})",
             "answer = tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)",
             "print(json.loads(answer))"]
+    predict = ([f"Or, with only `pip install lorafleet` (no torch): `lorafleet predict {contract.domain} --input "
+                "USER_MESSAGE` answers as below and validates the answer against the schema.", ""]
+               if contract.kind == "onnx" else [])
     return ["These settings are also in `generation_config.json`, so `model.generate(**inputs)` alone answers the "
             "same. With lorafleet installed, `lorafleet.contract.render_prompt(folder, USER_MESSAGE)` gives the same "
-            "`text`, byte for byte the prompt training and evaluation used.", "", "```python", *code, "```", "",
+            "`text`, byte for byte the prompt training and evaluation used.", "", *predict, "```python", *code, "```", "",
             "The record's reference answer:", "", "```json", example.completion, "```"]

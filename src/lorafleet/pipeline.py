@@ -279,7 +279,7 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
     with watch("report"):
         record = lineage_record(context, plan, base_path, winner, len(trials), merged_dir)
-        write_model_contracts(context, plan, result, out)
+        write_model_contracts(context, plan, result, record, out)
         write_domain_report(context, plan, result, selection, tuned, record, out)
     with watch("publish"):
         publish_domain(context, cfg.name, result, record, out)
@@ -414,11 +414,14 @@ def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, win
         merged_sha256=lineage.weights_sha256(merged_dir))
 
 
-def write_model_contracts(context: FinishContext, plan: DomainPlan, result: DomainResult, out: Path) -> None:
-    """Beside each model's weights, what a consumer needs to ask it exactly what training asked (``contract``)."""
+def write_model_contracts(context: FinishContext, plan: DomainPlan, result: DomainResult, record: lineage.Lineage,
+                          out: Path) -> None:
+    """Beside each model's weights, what a consumer needs to ask it exactly what training asked (``contract``); the
+    adapter's config names the base as the domain config does, its card the base weights' sha256."""
     for kind in ("merged", "onnx") if plan.cfg.export.onnx else ("merged",):
         contract.write_contract(out / kind, kind, plan.cfg, plan.data.schema, result, context.run_id,
                                 evaluated_test(plan)[0])
+    contract.write_adapter_card(out / "adapter", plan.cfg, result, record.base_model_sha256)
 
 
 def write_domain_report(context: FinishContext, plan: DomainPlan, result: DomainResult, selection: select.Selection,

@@ -101,6 +101,15 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
         assert {"chat_template.jinja", "output_schema.json", "README.md", "generation_config.json"} <= \
             {f.name for f in model.files}
         assert "GATED: failed release gate checks" in (domain_dir / kind / "README.md").read_text()
+    adapter = json.loads((domain_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base)  # as the run configured it (--set base_model=PATH)
+    assert "## Serving it" in (domain_dir / "adapter" / "README.md").read_text()
+    from peft import PeftModel  # the published adapter loads onto the base it names
+    from transformers import AutoModelForCausalLM
+
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"]),
+                                        str(domain_dir / "adapter"))
+    assert adapted.peft_config["default"].r == 4  # the run's sweep.space.lora_rank
     trials = json.loads((domain_dir / "domain_summary.json").read_text())["trials"]
     assert {t["lineage"]["prompt_sha256"] for t in trials} == {model.prompt_sha256}  # as the trials were asked
     kv_cache = contract.read_contract(domain_dir / "onnx").kv_cache

@@ -230,3 +230,26 @@ def test_the_manifest_covers_the_contract_files_so_a_changed_one_is_found(base_d
     assert publish.verify(f"{storage.uri}/runs/run1/medical") == [
         f"{storage.url('runs/run1/medical/merged/chat_template.jinja')}: 14 bytes, manifest says "
         f"{(domain / 'merged' / 'chat_template.jinja').stat().st_size}"]
+
+
+@pytest.mark.parametrize("base_model, hub", [("tiny", False), ("Qwen/Qwen2.5-0.5B-Instruct", True)])
+def test_the_adapter_names_its_base_as_the_config_does_and_says_how_to_serve_it(tmp_path, base_model, hub):
+    """PEFT writes the path training loaded the base from (for tiny: the training machine's cache folder); the published
+    adapter names the configured base instead, and its card gives the base weights' sha256 and the servers' calls."""
+    sample = sample_report().result
+    cfg = load_domain(DOMAINS_DIR / "contracts.yaml", {"base_model": base_model})
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "/root/.cache/lorafleet/tiny-base-0123", "r": 8, "lora_alpha": 16,
+         "target_modules": ["v_proj", "q_proj"], "peft_type": "LORA"}))
+    (tmp_path / "README.md").write_text("# Model Card for Model ID\n[More Information Needed]")
+    contract.write_adapter_card(tmp_path, cfg, sample, "b" * 64)
+
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == base_model and config["r"] == 8 and config["peft_type"] == "LORA"
+    card = (tmp_path / "README.md").read_text()
+    assert "More Information Needed" not in card and "b" * 64 in card and "q_proj, v_proj" in card
+    assert ("base_model: \"Qwen/Qwen2.5-0.5B-Instruct\"" in card.split("---")[1]) is hub
+    served = base_model if hub else "BASE"
+    assert f"vllm serve {served} --enable-lora --max-lora-rank 8 --lora-modules contracts=./adapter" in card
+    assert ("lorafleet make-tiny-base" in card) is (base_model == "tiny")
+    compile(card.split("```python\n")[1].split("```")[0], "README.md", "exec")
