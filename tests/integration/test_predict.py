@@ -109,6 +109,10 @@ def test_the_consumer_install_answers_a_file_and_refuses_bad_input(store, consum
     model = predict.OnnxModel(predict.model_folder(str(store), DOMAIN, cache=cache))
     assert rows[0]["text"] == model.answer([{"role": "user", "content": records[0]["input"]}])
 
+    verified = subprocess.run([str(consumer_venv / "bin" / "lorafleet"), "verify", f"{store}/runs/{RUN_ID}"],
+                              capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 0 and "every object matches" in verified.stdout, verified.stderr  # also no torch
+
     def refused(expected: str, *args: str, cache_dir: Path = cache) -> None:
         target = tmp_path / "refused" / "out.jsonl"
         done = _predict(consumer_venv, "--storage", str(store), "--cache", str(cache_dir), *args,
