@@ -77,6 +77,7 @@ def is_glob(path: str) -> bool:
 def expand(pattern: str) -> list[str]:
     """The files a path names: itself, or every file a glob matches, in sorted order. DataError when none."""
     fs, root = fsspec.core.url_to_fs(pattern)
+    fs.invalidate_cache()  # list afresh: a cached listing (s3fs) names files as they were, maybe since replaced
     if is_glob(pattern):
         found = sorted(p for p, info in fs.glob(root, detail=True).items() if info["type"] == "file")
         if not found:
