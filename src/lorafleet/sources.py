@@ -4,8 +4,8 @@ JSON array, Parquet, or CSV with a declared column mapping. Each record comes wi
 row for Parquet and CSV), which every error names.
 
 Nothing is read whole: JSONL and CSV are read line by line, a JSON array in 1 MiB chunks (one record decoded at a
-time), Parquet in Arrow record batches (what ``datasets`` streams Parquet with, without its cache or its schema
-inference). The records are plain dicts, as a JSONL line gives them; ``data.to_example`` turns each into an
+time), Parquet in Arrow record batches, a row group at a time (as ``datasets`` streams Parquet, without its cache
+or its casts). The records are plain dicts, as a JSONL line gives them; ``data.to_example`` turns each into an
 example.
 """
 from __future__ import annotations
