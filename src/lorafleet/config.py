@@ -528,9 +528,11 @@ def _source_problems(cfg: DomainConfig) -> list[str]:
                     f"{format_of(data.path, data.source_format)} (data.source_format: {data.source_format})"]
         return []
     if data.csv_columns is None:
-        return [f"data.csv_columns: {' and '.join(csv_fields)} name a CSV source, which is read through a column "
-                f"mapping: record field -> CSV column, e.g. {{{data.group_key}: {data.group_key}, input: question, "
-                "output: answer}"]
+        fields = "instruction: task, input: context, output: answer" if data.format == "alpaca" else \
+            "input: question, output: answer"
+        return [f"data.csv_columns: {' and '.join(csv_fields)} name{'s' * (len(csv_fields) == 1)} a CSV source, which "
+                f"is read through a column mapping: record field -> CSV column, e.g. {{{data.group_key}: group, "
+                f"{fields}}}"]
     return csv_mapping_problems(data.csv_columns, data.format, data.group_key)
 
 

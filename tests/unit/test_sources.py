@@ -254,7 +254,7 @@ def test_a_parquet_row_missing_a_field_names_its_row(domain_copy):
 
 
 @pytest.mark.parametrize("data,problem", [
-    ({"path": "x.csv"}, r"data.csv_columns: data.path name a CSV source, which is read through a column mapping"),
+    ({"path": "x.csv"}, r"data.csv_columns: data.path names a CSV source, which is read through a column mapping"),
     ({"csv_columns": {"contract_id": "c"}}, r"data.csv_columns: read only from a CSV source, but data.path is read as "
                                            r"jsonl \(data.source_format: auto\)"),
     ({"source_format": "csv", "csv_columns": {"contract_id": "c", "input": "q"}},
