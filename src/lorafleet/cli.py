@@ -1,4 +1,4 @@
-"""``lorafleet run | validate | report | history | verify | fetch | predict | make-tiny-base`` (also
+"""``lorafleet run | validate | report | history | verify | fetch | predict | data diff | make-tiny-base`` (also
 ``python -m lorafleet``)."""
 from __future__ import annotations
 
@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
     pred.add_argument("--variant", default=None, help="an ONNX variant the run published (default: the primary export)")
     pred.add_argument("--cache", default=None, help="where fetched models are kept (default: ~/.cache/lorafleet/models)")
+    data = sub.add_parser("data", help="a domain's published datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    diff = data_sub.add_parser("diff", help="records added, removed and changed between two runs' data of a domain "
+                                            "(exit 0: the same, 1: they differ)")
+    diff.add_argument("run_a", metavar="RUN_A")
+    diff.add_argument("run_b", metavar="RUN_B")
+    diff.add_argument("domain", metavar="DOMAIN")
+    diff.add_argument("--storage", default=DEFAULT_STORAGE)
+    diff.add_argument("--limit", type=int, default=10, help="records listed of each kind (default: 10)")
     return parser
 
 
@@ -192,6 +201,29 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_data_diff(args) -> int:
+    """Exit 0: the two runs published the same records; 1: they differ (listed)."""
+    from lorafleet import dataset_diff
+    from lorafleet.publish import PublishError, Storage, read_published_data
+
+    storage = Storage(_storage_uri(args.storage))
+    versions = []
+    for run_id in (args.run_a, args.run_b):
+        files = read_published_data(storage, run_id, args.domain)
+        where = f"run {run_id}, domain {args.domain}: data/"
+        try:
+            manifest = json.loads(files.get("dataset_manifest.json", b"{}"))
+            versions.append((dataset_diff.rows(files, where), manifest))
+        except (dataset_diff.DiffError, json.JSONDecodeError) as exc:
+            raise PublishError(str(exc) if isinstance(exc, dataset_diff.DiffError)
+                               else f"{where}dataset_manifest.json: not JSON") from exc
+    (rows_a, manifest_a), (rows_b, manifest_b) = versions
+    diff = dataset_diff.compare(rows_a, rows_b)
+    print(dataset_diff.render(diff, f"{args.domain}: run {args.run_a}", f"run {args.run_b}", manifest_a, manifest_b,
+                              limit=args.limit))
+    return 0 if diff.same else 1
+
+
 def cmd_report(args) -> int:
     from lorafleet.publish import read_run_summary
     from lorafleet.results import RunSummary
@@ -248,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_history(args)
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "data":
+            return cmd_data_diff(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))

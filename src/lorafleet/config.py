@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorafleet.base_model import GGUF_PREFIX, GGUFError, check_gguf, locate_gguf
 from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
+from lorafleet.sources import DataError, csv_mapping_problems, expand, format_of
 
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -28,7 +29,17 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    path: str = Field(description="JSONL file, relative to the YAML file, or a URI.")
+    path: str = Field(description="The records: a file, a glob of shards (shards/*.jsonl, read in sorted path order) "
+                      "or an fsspec URL (file://, s3://, globs too); relative to the YAML file.")
+    source_format: Literal["auto", "jsonl", "json", "parquet", "csv"] = Field(
+        "auto", description="How the files are read: jsonl (a record a line), json (one array of records), parquet "
+        "(a column per record field) or csv (through csv_columns). auto: by the path's extension (.jsonl/.ndjson, "
+        ".json, .parquet/.pq, .csv; JSONL, JSON and CSV may be compressed: .gz, .bz2, .xz); any other is read as JSONL.")
+    csv_columns: dict[str, str] | None = Field(
+        None, description="CSV only, and needed there: record field -> the CSV column holding it (the header names "
+        "the columns). The group key and the format's fields: alpaca's instruction, output and optional input; for "
+        "messages or conversations either the turns (messages/conversations: a column of JSON-encoded turns) or "
+        "input and output (one user question and the assistant's answer). Any other field is read as text.")
     format: Literal["messages", "conversations", "alpaca"] = Field(
         description="messages: OpenAI-style role/content; conversations: ShareGPT from/value; "
         "alpaca: instruction/input/output.")
@@ -454,7 +465,7 @@ class DomainConfig(_Strict):
 def _contradictions(cfg: DomainConfig) -> list[str]:
     """Settings that contradict each other across sections, caught at load time rather than after minutes of
     training; each names its fields as the YAML does."""
-    problems = []
+    problems = _source_problems(cfg)
     train, trial_gpu = cfg.train, cfg.sweep.resources_per_trial.gpu
     if trial_gpu == "auto" and cfg.eval.resources is None:
         return ["sweep.resources_per_trial.gpu: auto packs the trials; the task that finishes the domain after them "
@@ -502,6 +513,27 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
             problems.append(f"select.rule.{i}.within: does nothing on a key with a threshold (that key only "
                             "filters); put it on a key without one")
     return problems
+
+
+def _source_problems(cfg: DomainConfig) -> list[str]:
+    """data.source_format and data.csv_columns against the files they read (the data, and the golden set, which is
+    read by its extension and through the same mapping when it is a CSV)."""
+    data = cfg.data
+    csv_fields = [label for label, fmt in (("data.path", format_of(data.path, data.source_format)),
+                                           ("eval.golden", format_of(cfg.eval.golden or "", "auto")))
+                  if fmt == "csv"]
+    if not csv_fields:
+        if data.csv_columns is not None:
+            return [f"data.csv_columns: read only from a CSV source, but data.path is read as "
+                    f"{format_of(data.path, data.source_format)} (data.source_format: {data.source_format})"]
+        return []
+    if data.csv_columns is None:
+        fields = "instruction: task, input: context, output: answer" if data.format == "alpaca" else \
+            "input: question, output: answer"
+        return [f"data.csv_columns: {' and '.join(csv_fields)} name{'s' * (len(csv_fields) == 1)} a CSV source, which "
+                f"is read through a column mapping: record field -> CSV column, e.g. {{{data.group_key}: group, "
+                f"{fields}}}"]
+    return csv_mapping_problems(data.csv_columns, data.format, data.group_key)
 
 
 # Fields a config may still carry from an earlier version: rejected with why, not with pydantic's "Extra inputs".
@@ -604,12 +636,14 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
         cfg = DomainConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {'; '.join(_describe(err) for err in exc.errors())}") from exc
-    files = [("data.path", cfg.data_path), ("output_schema", cfg.schema_path)]
-    if cfg.golden_path:
-        files.append(("eval.golden", cfg.golden_path))
-    for label, ref in files:
-        if "://" not in ref and not Path(ref).is_file():
-            raise ConfigError(f"{path}: {label}: file not found: {ref}")
+    if "://" not in cfg.schema_path and not Path(cfg.schema_path).is_file():
+        raise ConfigError(f"{path}: output_schema: file not found: {cfg.schema_path}")
+    for label, ref in [("data.path", cfg.data_path), ("eval.golden", cfg.golden_path)]:
+        if ref and ("://" not in ref or ref.startswith("file://")):  # remote sources are checked when read
+            try:
+                expand(ref)
+            except DataError as exc:
+                raise ConfigError(f"{path}: {label}: {exc}") from exc
     if cfg.base_model.startswith(GGUF_PREFIX):
         try:
             check_gguf(Path(cfg.base_model_ref[len(GGUF_PREFIX):]))

@@ -13,18 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import jsonschema
 
-from lorafleet import governance
+from lorafleet import governance, sources
 from lorafleet.config import DomainConfig
 from lorafleet.prompt import record_turns, with_system_prompt
+from lorafleet.sources import DataError  # a record cannot be used; the message names its file and line
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A record cannot be used; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -97,34 +93,29 @@ def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
     return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line)
 
 
-def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for each non-blank JSONL line; DataError names file:line otherwise."""
-    with fsspec.open(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: not valid JSON: {exc.msg} (column {exc.colno})") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, record
+def read_records(path: str, source_format: str = "auto", csv_columns: dict[str, str] | None = None,
+                 data_format: str = "messages") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each record of one file (``sources``: JSONL, a JSON array, Parquet, whose number is
+    the row, or CSV through ``csv_columns``); DataError names file and line (row) otherwise."""
+    for where, record in sources.read_file(path, sources.format_of(path, source_format), csv_columns, data_format):
+        yield where.number, record
 
 
 def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Example], int]:
-    """The records of ``path`` (default: the domain's data) through the domain's format adapter."""
+    """The records of ``path`` (default: the domain's data; a file or a glob of shards, read as data.source_format
+    says) through the domain's format adapter. Records are streamed from the files; only the examples are kept."""
+    declared = cfg.data.source_format if path is None else "auto"  # another file (golden) goes by its extension
     path = path or cfg.data_path
     examples, n_read = [], 0
-    for line_no, record in read_records(path):
+    for where, record in sources.read(path, declared, cfg.data.csv_columns, cfg.data.format):
         n_read += 1
         try:
-            examples.append(to_example(record, cfg, line_no))
+            examples.append(to_example(record, cfg, where.number))
         except KeyError as exc:
-            raise DataError(f"{path}:{line_no}: missing field {exc.args[0]!r} "
+            raise DataError(f"{where}: missing field {exc.args[0]!r} "
                             f"for format {cfg.data.format!r}") from exc
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}:{line_no}: {exc}") from exc
+            raise DataError(f"{where}: {exc}") from exc
     if not examples:
         raise DataError(f"{path}: no records")
     return examples, n_read

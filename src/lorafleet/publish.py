@@ -491,9 +491,7 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         for obj in wanted:
-            data = storage.read_bytes(f"{prefix}/{obj['key']}")
-            if hashlib.sha256(data).hexdigest() != obj["sha256"]:
-                raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
+            data = _verified_bytes(storage, prefix, obj)
             target = staging / obj["key"][len(artifact) + 1:]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -505,3 +503,27 @@ def fetch(storage_uri: str, domain: str, dest: str | Path, run_id: str | None = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def _verified_bytes(storage: Storage, prefix: str, obj: dict[str, Any]) -> bytes:
+    """A manifest's object, read and checked against its sha256."""
+    data = storage.read_bytes(f"{prefix}/{obj['key']}")
+    if hashlib.sha256(data).hexdigest() != obj["sha256"]:
+        raise VerifyError(f"{storage.url(prefix + '/' + obj['key'])}: sha256 differs from the manifest")
+    return data
+
+
+def read_published_data(storage: Storage, run_id: str, domain: str) -> dict[str, bytes]:
+    """The prepared data a run published for a domain, ``data/`` of its folder (each split's JSONL and
+    ``dataset_manifest.json``): name -> bytes, found through the manifest and checked against its sha256."""
+    prefix = domain_prefix(run_id, domain)
+    if not storage.exists(f"{prefix}/{MANIFEST}"):
+        if not storage.exists(run_prefix(run_id)):
+            raise PublishError(f"{storage.url(run_prefix(run_id))}: no run {run_id} in this storage")
+        raise PublishError(f"run {run_id} did not publish domain {domain} (no {storage.url(prefix + '/' + MANIFEST)}: "
+                           "the domain failed, was unchanged since an earlier run, or is not finished)")
+    manifest = storage.read_json(f"{prefix}/{MANIFEST}")
+    wanted = [o for o in manifest["objects"] if o["key"].startswith("data/")]
+    if not wanted:
+        raise PublishError(f"run {run_id}, domain {domain}: no data/ objects in the manifest")
+    return {obj["key"].removeprefix("data/"): _verified_bytes(storage, prefix, obj) for obj in wanted}
