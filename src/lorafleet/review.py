@@ -222,10 +222,10 @@ def read_rows(path: Path) -> list[FileRow]:
             try:
                 value = json.loads(line)
             except ValueError:
-                problems.append(f"{path}: line {i}: not JSON")
+                problems.append(f"line {i}: not JSON")
                 continue
             if not isinstance(value, dict):
-                problems.append(f"{path}: line {i}: not a JSON object")
+                problems.append(f"line {i}: not a JSON object")
                 continue
             rows.append(FileRow(f"line {i}", value))
         if problems:
@@ -254,14 +254,14 @@ def which_export(path: Path, rows: list[FileRow]) -> tuple[str, str, str]:
         for row in rows:
             seen.setdefault(_text(row.values.get(col)), []).append(row.where)
         if "" in seen:
-            problems.append(f"{path}: {col} is empty on {_rows(seen.pop(''))}")
+            problems.append(f"{col} is empty on {_rows(seen.pop(''))}")
         if len(seen) > 1:
-            problems.append(f"{path}: {col} differs between rows: " +
+            problems.append(f"{col} differs between rows: " +
                             "; ".join(f"{value!r} on {_rows(where)}" for value, where in seen.items()))
         found.append(next(iter(seen), ""))
     export_id = found[0]
     if not problems and not publish.RUN_ID_RE.fullmatch(export_id):
-        problems.append(f"{path}: export_id {export_id!r} is not an export id (e.g. 20261203-101500-a1b2c3)")
+        problems.append(f"export_id {export_id!r} is not an export id (e.g. 20261203-101500-a1b2c3)")
     if problems:
         raise _problems(path, problems)
     return found[0], found[1], found[2]

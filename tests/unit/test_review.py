@@ -293,3 +293,21 @@ def test_an_unchanged_night_keeps_the_gate_the_review_decided(published, store, 
     cfg = load_domain(DOMAINS_DIR / "contracts.yaml")
     kept = unchanged_result(publish.Storage(store), DomainPlan(cfg, data.prepare(cfg)), RUN)
     assert kept.status == "unchanged" and kept.gate.passed and kept.gate.checks[-1].kind == "human"
+
+
+def test_a_file_that_is_not_a_review_is_refused_before_storage_is_read(published, store, tmp_path):
+    out, _, rows = _exported_and_rated(store, tmp_path)
+    write_rows(out, [{k: v for k, v in r.items() if k != "rating_b"} for r in rows])
+    with pytest.raises(ReviewError, match=r"review.csv: row 1 \(the header\): no column rating_b"):
+        review.import_file(out, store)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a"}\nnot json\n[1]\n')
+    with pytest.raises(ReviewError) as caught:
+        review.import_file(broken, store)
+    assert "line 2: not JSON" in str(caught.value) and "line 3: not a JSON object" in str(caught.value)
+    write_rows(out, [{**r, "run_id": "../elsewhere"} for r in rows])
+    with pytest.raises(ReviewError, match="review.csv: run id '../elsewhere' is not a safe storage key"):
+        review.import_file(out, store)
+    with pytest.raises(ReviewError, match=r"a review file is \.csv or \.jsonl"):
+        review.import_file(tmp_path / "review.xlsx", store)
+    assert _review_files(store) == ["key"]
