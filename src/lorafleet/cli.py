@@ -1,5 +1,5 @@
-"""``lorafleet run | validate | report | history | verify | fetch | predict | data diff | make-tiny-base`` (also
-``python -m lorafleet``)."""
+"""``lorafleet run | validate | report | history | verify | fetch | predict | data diff | review | make-tiny-base``
+(also ``python -m lorafleet``)."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("domain", metavar="DOMAIN")
     diff.add_argument("--storage", default=DEFAULT_STORAGE)
     diff.add_argument("--limit", type=int, default=10, help="records listed of each kind (default: 10)")
+    rev = sub.add_parser("review", help="human review of a run's domain: export answers to rate blind, import the ratings")
+    rsub = rev.add_subparsers(dest="review_command", required=True)
+    rexp = rsub.add_parser("export", help="a stratified sample of the run's test records with the base and the tuned "
+                           "answer as A and B (shuffled), to rate 1-5; which is which goes to storage only")
+    rexp.add_argument("run_id", metavar="RUN")
+    rexp.add_argument("domain")
+    rexp.add_argument("--n", type=int, default=40, help="records to rate (at most the run's evaluated test records)")
+    rexp.add_argument("--out", required=True, help="the reviewer's file to create: .csv or .jsonl")
+    rexp.add_argument("--seed", type=int, default=0, help="the sample's and the A/B order's seed")
+    rexp.add_argument("--storage", default=DEFAULT_STORAGE)
+    rimp = rsub.add_parser("import", help="validate a filled-in review file, record its ratings beside the run and "
+                           "decide the domain's gate again (promoting it if it passes now)")
+    rimp.add_argument("file")
+    rimp.add_argument("--storage", default=DEFAULT_STORAGE)
+    rimp.add_argument("--replace", action="store_true",
+                      help="replace the ratings of an export imported before with other ones")
     return parser
 
 
@@ -222,6 +238,31 @@ def cmd_data_diff(args) -> int:
     print(dataset_diff.render(diff, f"{args.domain}: run {args.run_a}", f"run {args.run_b}", manifest_a, manifest_b,
                               limit=args.limit))
     return 0 if diff.same else 1
+def cmd_review(args) -> int:
+    """Exit 0 once exported or imported (whatever the gate decided: the output says); 2 for a bad file or run."""
+    from lorafleet import review
+
+    storage = _storage_uri(args.storage)
+    if args.review_command == "export":
+        done = review.export(storage, args.run_id, args.domain, args.n, args.out, seed=args.seed)
+        strata = ", ".join(f"{s} {k}" for s, k in done.strata.items() if k)
+        capped = f"; --n {args.n} asked for more than the {done.available} the run evaluated" if args.n > done.available else ""
+        print(f"export {done.export_id}: {done.records} of {done.available} test records ({strata}{capped}) -> {done.out}")
+        print(f"key (which answer is which model's; not for the reviewer): {done.key_uri}")
+        print(f"rate answer A and answer B of every row from 1 (unusable) to 5 (right and complete) in rating_a and "
+              f"rating_b, then: lorafleet review import {done.out} --storage {args.storage}")
+        return 0
+    done = review.import_file(args.file, storage, replace=args.replace)
+    r = done.review
+    print(f"{'imported' if done.written else 'already imported (the same ratings)'}: {done.records} records of export "
+          f"{done.export_id} (run {done.run_id}, domain {done.domain}) -> {done.ratings_uri}")
+    print(f"human rating: {review.describe(r.ratings)}")
+    n = len(r.gate.checks)
+    checks = f"failed: {', '.join(r.gate.failed)}" if r.gate.failed else f"{n} check{'s' * (n != 1)} passed"
+    print(f"gate: {r.status.upper()} ({checks}; at the run: {r.status_at_run})")
+    print(r.pointer)
+    print(f"report: {done.report_uri}")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -264,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lorafleet.predict import PredictError
     from lorafleet.publish import PublishError
+    from lorafleet.review import ReviewError
 
     try:
         if args.command == "validate":
@@ -282,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_predict(args)
         if args.command == "data":
             return cmd_data_diff(args)
+        if args.command == "review":
+            return cmd_review(args)
         from lorafleet.base_model import TinySpec, build_tiny_base
 
         print(build_tiny_base(Path(args.dir), TinySpec()))
         return 0
-    except (ConfigError, PublishError, PredictError) as exc:
+    except (ConfigError, PublishError, PredictError, ReviewError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

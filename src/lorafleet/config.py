@@ -380,6 +380,17 @@ class GateConfig(_Strict):
         None, ge=0, description="No field's accuracy may fall below the base model's by more than this.")
     golden_min: dict[str, float] = Field(
         default_factory=dict, description="metric -> lowest value the tuned model may have on the golden set.")
+    human_min_improvement: float | None = Field(
+        None, ge=0, lt=4, description="Human review (lorafleet review): the tuned model's mean rating (1-5, rated blind "
+        "beside the base model's answer to the same test record) must beat the base's, with the lower end of the "
+        "paired 95 % interval of tuned - base above this. null: ratings are reported, never gate.")
+    require_review: bool = Field(
+        False, description="With human_min_improvement: a run's domain is gated 'not reviewed' until `lorafleet review "
+        "import` brings ratings that pass it (and promotes it then). false: without ratings the check says 'not "
+        "reviewed' and does not hold promotion back.")
+    human_min_reviewed: int = Field(
+        20, gt=0, description="With human_min_improvement: the check fails when fewer test records than this were "
+        "rated (an interval over a handful of records says little).")
 
     @model_validator(mode="after")
     def _known_metrics(self) -> GateConfig:
@@ -387,6 +398,17 @@ class GateConfig(_Strict):
         unknown = sorted({m for m in named if m not in EVAL_METRICS})
         if unknown:
             raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _human_review(self) -> GateConfig:
+        if self.human_min_improvement is None:
+            if self.require_review:
+                raise ValueError("require_review: waits for a review that human_min_improvement judges, which is not "
+                                 "set; set gate.human_min_improvement (e.g. 0.3) or drop gate.require_review")
+            if self.human_min_reviewed != type(self).model_fields["human_min_reviewed"].default:
+                raise ValueError("human_min_reviewed: read only with human_min_improvement; set "
+                                 "gate.human_min_improvement or drop gate.human_min_reviewed")
         return self
 
 

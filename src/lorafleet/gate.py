@@ -10,9 +10,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from lorafleet.config import GateConfig
-from lorafleet.metrics import Evaluation, SplitEvaluation, better_direction
+from lorafleet.metrics import Evaluation, HumanRatings, SplitEvaluation, better_direction
 
-CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden"]
+CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden", "human"]
+NOT_REVIEWED = "not reviewed"
 
 
 class GateCheck(BaseModel):
@@ -48,11 +49,12 @@ def _threshold(kind: CheckKind, prefix: str, name: str, threshold: float, evalua
                      threshold=threshold, passed=value is not None and up * (value - threshold) >= 0, detail=detail)
 
 
-def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None) -> GateVerdict:
-    """Apply every configured check to the test split (and the golden set); the gate passes when all pass.
-    Thresholds are met in each metric's better direction (``>=`` for rates and score, ``<=`` for eval_loss and
-    perplexity). A metric the evaluation could not measure (e.g. grounding of a model that quoted nothing)
-    fails its check, saying so."""
+def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None,
+           human: HumanRatings | None = None) -> GateVerdict:
+    """Apply every configured check to the test split (and the golden set, and people's ratings: ``human``, None
+    while nobody reviewed the run); the gate passes when all pass. Thresholds are met in each metric's better
+    direction (``>=`` for rates and score, ``<=`` for eval_loss and perplexity). A metric the evaluation could not
+    measure (e.g. grounding of a model that quoted nothing) fails its check, saying so."""
     tuned, base, delta = test.tuned, test.base, test.delta
     checks = [_threshold("absolute", "", name, threshold, tuned, "on the test split")
               for name, threshold in gate.min.items()]
@@ -89,4 +91,28 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
     checks += [_threshold("golden", "golden ", name, threshold, golden.tuned if golden else None,
                           f"on {golden.tuned.n} golden records" if golden else "")
                for name, threshold in gate.golden_min.items()]
+    if gate.human_min_improvement is not None:
+        checks.append(_human(gate.human_min_improvement, gate, human))
     return GateVerdict(checks=checks)
+
+
+def _human(threshold: float, gate: GateConfig, human: HumanRatings | None) -> GateCheck:
+    """``gate.human_min_improvement``: the tuned model's mean rating beats the base's, and the lower end of the
+    paired interval of tuned - base is above the threshold, over at least ``gate.human_min_reviewed`` records.
+    Without ratings the check is 'not reviewed', failing only where ``gate.require_review`` says so."""
+    label = f"human rating gain > {threshold:g}"
+    if human is None:
+        why = ("gate.require_review: the domain waits for `lorafleet review import`" if gate.require_review else
+               "gate.require_review is off: promotion does not wait for a review")
+        return GateCheck(kind="human", name=f"{label} ({NOT_REVIEWED})", value=None, threshold=threshold,
+                         passed=not gate.require_review, detail=f"no ratings imported; {why}")
+    gain = human.delta
+    low, high = gain.ci if gain.ci else (gain.value, gain.value)
+    detail = (f"tuned {human.tuned.value:.2f} vs base {human.base.value:.2f} on {human.n} records rated blind; gain "
+              f"{gain.value:+.2f}, 95% interval [{low:+.2f}, {high:+.2f}]; its lower end counts")
+    if human.n < gate.human_min_reviewed:
+        return GateCheck(kind="human", name=label, value=low, threshold=threshold, passed=False,
+                         detail=f"{detail}; only {human.n} records rated, gate.human_min_reviewed asks for "
+                         f"{gate.human_min_reviewed}")
+    return GateCheck(kind="human", name=label, value=low, threshold=threshold,
+                     passed=gain.value > 0 and low > threshold, detail=detail)

@@ -357,3 +357,33 @@ def worst_fields(scores: Sequence[ExampleScore], k: int = 3) -> list[str]:
     names = _field_names(scores)
     means = {f: sum(s.fields.get(f, 0.0) for s in scores) / len(scores) for f in names}
     return sorted(names, key=lambda f: (means[f], f))[:k]
+
+
+class HumanRatings(BaseModel):
+    """People's ratings (1-5) of the base and the tuned model's answers to the same test records, each pair rated
+    blind to which model wrote which (``lorafleet review``): each model's mean rating with its 95 % interval, and
+    tuned - base with a paired-bootstrap interval. A record rated in several reviews counts once, with the mean of
+    its ratings."""
+
+    model_config = ConfigDict(frozen=True)
+    n: int
+    base: Metric
+    tuned: Metric
+    delta: Metric
+    reviews: list[str] = []  # the export ids whose ratings these are
+
+
+def rating_summary(base: Sequence[float], tuned: Sequence[float], samples: int = 1000, seed: int = 0,
+                   reviews: Sequence[str] = ()) -> HumanRatings:
+    """Means and intervals of paired ratings (``base[i]`` and ``tuned[i]`` rate the answers to one record), the
+    delta's interval from record indices resampled jointly, as ``paired_delta`` does."""
+    if len(base) != len(tuned):
+        raise ValueError(f"{len(base)} base ratings for {len(tuned)} tuned ratings")
+    if not base:
+        raise ValueError("rating_summary needs at least one rated record")
+    b, t = _column(base), _column(tuned)
+    idx = _indices(len(b), samples, seed)
+    mb, mt = _resampled_means(b, idx), _resampled_means(t, idx)
+    return HumanRatings(n=len(b), base=Metric(value=float(b.mean()), ci=_interval(mb)),
+                        tuned=Metric(value=float(t.mean()), ci=_interval(mt)),
+                        delta=Metric(value=float(t.mean() - b.mean()), ci=_interval(mt - mb)), reviews=list(reviews))

@@ -194,12 +194,25 @@ def latest_published(storage: publish.Storage, name: str) -> incremental.Publish
 
 
 def unchanged_result(storage: publish.Storage, plan: DomainPlan, run_id: str) -> DomainResult:
-    """The published run's winner, evaluations and gate (its model is the one that stays), linked to its objects."""
+    """The published run's winner, evaluations and gate (its model is the one that stays; the gate as a human review
+    decided it later, if one did), linked to its objects."""
     published = DomainResult.from_json(publish.read_domain_summary(storage, run_id, plan.cfg.name))
     return DomainResult(name=plan.cfg.name, status="unchanged", matches_run=run_id,
                         dataset_version=plan.data.manifest.dataset_version, winner=published.winner,
-                        test=published.test, golden=published.golden, gate=published.gate,
+                        test=published.test, golden=published.golden,
+                        gate=reviewed_gate(storage, run_id, plan.cfg.name) or published.gate,
                         artifacts=artifact_uris(storage, run_id, plan.cfg))
+
+
+def reviewed_gate(storage: publish.Storage, run_id: str, name: str) -> gate.GateVerdict | None:
+    """The gate a human review of the run's domain decided (``lorafleet review import``), None if none did; a verdict
+    that does not read is a warning, and the run's own gate stands."""
+    try:
+        reviewed = publish.read_review_verdict(storage, run_id, name)
+        return gate.GateVerdict.model_validate(reviewed["gate"]) if reviewed else None
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON, pydantic's ValidationError
+        log.warning("[%s] run %s's review verdict is left out (%s: %s)", name, run_id, type(exc).__name__, exc)
+        return None
 
 
 # ---- after each domain's training: one Ray task per domain -----------------------------------------------

@@ -5,6 +5,9 @@ Layout under a storage root:
     runs/<run_id>/tune/...                       Ray Tune results and trial checkpoints
     runs/<run_id>/<domain>/...                   a domain's objects; its staging area until...
     runs/<run_id>/<domain>/manifest.json         ...written last, by exclusive create: now it is published
+    runs/<run_id>/<domain>/review/...            human review, days later (lorafleet review): beside the manifest,
+                                                 never in it: key-<export>.json and ratings-<export>.json (each
+                                                 created once), verdict.json and report.{html,md} (rewritten)
     domains/<domain>/latest.json                 -> the newest published run whose gate passed
     domains/<domain>/history.json, history.html  every run of the domain, one entry each (appended after each run)
 
@@ -396,6 +399,92 @@ def read_run_summary(uri: str) -> dict[str, Any]:
 
 def read_domain_summary(storage: Storage, run_id: str, domain: str) -> dict[str, Any]:
     return storage.read_json(f"{domain_prefix(run_id, domain)}/{DOMAIN_SUMMARY}")
+
+
+# ---- human review (lorafleet review), beside a published domain ------------------------------------------------
+
+REVIEW_DIR = "review"
+REVIEW_FILES = ("verdict.json", "report.html", "report.md")  # rewritten at every import
+
+
+def review_key(run_id: str, domain: str, name: str) -> str:
+    return f"{domain_prefix(run_id, domain)}/{REVIEW_DIR}/{name}"
+
+
+def _export_file(run_id: str, domain: str, kind: str, export_id: str) -> str:
+    return review_key(run_id, domain, f"{kind}-{_check_name('export id', export_id)}.json")
+
+
+def read_published_object(storage: Storage, run_id: str, domain: str, key: str) -> bytes:
+    """One object of a published domain (``key`` relative to the domain, e.g. ``eval/test-base.jsonl``), checked
+    against its manifest: a domain without a manifest, an object it does not list or bytes that differ are errors."""
+    prefix = domain_prefix(run_id, domain)
+    if not is_published(storage, run_id, domain):
+        raise PublishError(f"run {run_id}, domain {domain}: not published (no {storage.url(prefix + '/' + MANIFEST)})")
+    listed = {o["key"]: o for o in read_manifest(storage, run_id, domain)["objects"]}
+    if key not in listed:
+        raise PublishError(f"run {run_id}, domain {domain}: the manifest lists no {key}")
+    data = storage.read_bytes(f"{prefix}/{key}")
+    if hashlib.sha256(data).hexdigest() != listed[key]["sha256"]:
+        raise VerifyError(f"{storage.url(prefix + '/' + key)}: sha256 differs from the manifest")
+    return data
+
+
+def write_review_key(storage: Storage, run_id: str, domain: str, export_id: str, key: dict[str, Any]) -> str:
+    """An export's key (which answer is which model's), created once; returns its URI."""
+    path = _export_file(run_id, domain, "key", export_id)
+    try:
+        storage.create_exclusive(path, _json_bytes(key))
+    except FileExistsError as exc:
+        raise PublishError(f"{storage.url(path)}: an export with this id exists already") from exc
+    return storage.url(path)
+
+
+def read_review_key(storage: Storage, run_id: str, domain: str, export_id: str) -> dict[str, Any] | None:
+    path = _export_file(run_id, domain, "key", export_id)
+    return storage.read_json(path) if storage.exists(path) else None
+
+
+def read_ratings(storage: Storage, run_id: str, domain: str, export_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    """An export's imported ratings and their version token (None, None before its import)."""
+    return storage.read_json_versioned(_export_file(run_id, domain, "ratings", export_id))
+
+
+def write_ratings(storage: Storage, run_id: str, domain: str, export_id: str, ratings: dict[str, Any],
+                  token: str | None) -> str:
+    """Write an export's ratings in one piece: created if ``token`` is None, else replacing the version read with
+    that token; either fails (PublishError) when another import wrote them in between. Returns their URI."""
+    path = _export_file(run_id, domain, "ratings", export_id)
+    if not storage.replace_if_unchanged(path, _json_bytes(ratings), token):
+        raise PublishError(f"{storage.url(path)}: another import wrote these ratings meanwhile; nothing written")
+    return storage.url(path)
+
+
+def list_ratings(storage: Storage, run_id: str, domain: str) -> list[dict[str, Any]]:
+    """Every export's imported ratings for the run's domain, by export id. Listed: each ratings file is created whole
+    (one object), so a listing never shows half of one."""
+    folder = storage.path(review_key(run_id, domain, ""))
+    try:
+        names = sorted(os.path.basename(n.rstrip("/")) for n in storage.fs.ls(folder, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+    return [storage.read_json(review_key(run_id, domain, n)) for n in names
+            if n.startswith("ratings-") and n.endswith(".json")]
+
+
+def write_review_file(storage: Storage, run_id: str, domain: str, name: str, data: bytes) -> str:
+    """The review's verdict and report (``REVIEW_FILES``), rewritten at each import; returns the URI."""
+    if name not in REVIEW_FILES:
+        raise PublishError(f"{name}: not a review file ({', '.join(REVIEW_FILES)})")
+    path = review_key(run_id, domain, name)
+    storage.write_bytes(path, data)
+    return storage.url(path)
+
+
+def read_review_verdict(storage: Storage, run_id: str, domain: str) -> dict[str, Any] | None:
+    """The gate as the latest review import decided it (verdict.json), None if nobody reviewed the run's domain."""
+    path = review_key(run_id, domain, "verdict.json")
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 # ---- consumer side ------------------------------------------------------------------------------

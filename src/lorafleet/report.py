@@ -24,8 +24,17 @@ from lorafleet.evaluate import ScoredAnswer
 from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
 from lorafleet.lineage import Lineage
-from lorafleet.metrics import FIELD_PREFIX, REGISTRY, Evaluation, Metric, SplitEvaluation, better_direction, worst_fields
-from lorafleet.results import DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome
+from lorafleet.metrics import (
+    FIELD_PREFIX,
+    REGISTRY,
+    Evaluation,
+    HumanRatings,
+    Metric,
+    SplitEvaluation,
+    better_direction,
+    worst_fields,
+)
+from lorafleet.results import DomainResult, DomainStatus, FinishTimings, RunSummary, SearchStory, TrialOutcome
 from lorafleet.select import Selection
 
 METRIC_ORDER = tuple(REGISTRY)
@@ -475,6 +484,86 @@ def write_reports(report: DomainReport, out_dir: str | Path) -> None:
                                          encoding="utf-8")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
+
+
+# ---------- human review (lorafleet review), days after the run ----------
+class ReviewImport(BaseModel):
+    """One export's ratings, as imported."""
+
+    model_config = ConfigDict(frozen=True)
+    export_id: str
+    records: int
+    imported_at: str
+    source: str  # the reviewer's file, by name
+
+
+class RatedRecord(BaseModel):
+    """One reviewed test record: its mean rating per model (over the reviews that rated it) and the comments."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    base: float
+    tuned: float
+    comments: list[str] = []
+
+
+class ReviewReport(BaseModel):
+    """A domain's human review, decided days after its run (``lorafleet review import``): the ratings, the gate decided
+    again with them, and what became of latest.json. Saved as review/verdict.json, rendered to review/report.md and
+    review/report.html beside the run's own report (which, published, stays as the run wrote it)."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    domain: str
+    decided_at: str
+    status_at_run: DomainStatus
+    status: DomainStatus
+    ratings: HumanRatings
+    reviews: list[ReviewImport]
+    records: list[RatedRecord] = []
+    gate: GateVerdict
+    pointer: str  # what the import did to latest.json, in words
+
+
+def _review_verdict_line(review: ReviewReport) -> str:
+    failed = review.gate.failed
+    tail = (("not promoted; " if review.status_at_run != "published" else "") + "failed gate checks: " + ", ".join(failed)
+            if failed else f"{len(review.gate.checks)} gate check{'s' * (len(review.gate.checks) != 1)} passed")
+    return f"{_verdict(review.status)} — {review.domain}, reviewed: {tail}"
+
+
+def _review_blocks(review: ReviewReport) -> list[tuple]:
+    h = review.ratings
+    rows = [["base", _cell(h.base), str(h.n)], ["tuned", _cell(h.tuned), str(h.n)],
+            ["tuned − base", _cell(h.delta, signed=True, metric="human rating"), str(h.n)]]
+    imports = [[i.export_id, str(i.records), i.imported_at, i.source] for i in review.reviews]
+    records = [[r.id, _num(r.base), _num(r.tuned), _num(r.tuned - r.base, signed=True), " · ".join(r.comments)]
+               for r in sorted(review.records, key=lambda r: (r.tuned - r.base, r.id))]
+    gate = _gate_blocks(review.gate)[1:]  # its table, under a heading of its own
+    return [("p", f"Run {review.run_id} · decided {review.decided_at} · at the run: {_verdict(review.status_at_run)} "
+                  "(the run's own report is report.html in the folder above)"),
+            ("h", 2, "Human review"),
+            ("p", f"{h.n} test records, each answered by the base and the tuned model, both answers rated 1–5 by people "
+                  "who did not know which model wrote which (shown as answers A and B, in an order shuffled and kept in "
+                  "the export's key). tuned − base: 95 % paired-bootstrap interval over the records; a record rated "
+                  "in several reviews counts once, with its mean ratings."),
+            ("table", "human", ["model", "mean rating (1–5)", "records"], rows),
+            ("table", "reviews", ["export", "records rated", "imported", "file"], imports),
+            ("h", 2, "Release gate, decided again with the ratings"), *gate,
+            ("p", review.pointer),
+            ("details", "Every rated record, tuned worse first",
+             [("table", "rated", ["id", "base", "tuned", "tuned − base", "comments"], records)])]
+
+
+def render_review_markdown(review: ReviewReport) -> str:
+    lines = [f"# {_md(_review_verdict_line(review))}", "", *_md_blocks(_review_blocks(review))]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_review_html(review: ReviewReport) -> str:
+    verdict = (f'<div class="verdict v-{review.status}" id="verdict">{html.escape(_review_verdict_line(review))}</div>')
+    return _page(f"{review.domain}: {_verdict(review.status)} (reviewed)",
+                 "\n".join([verdict, *_html_blocks(_review_blocks(review))]))
 
 
 # ---------- per-run summary ----------
