@@ -99,3 +99,74 @@ def test_gate_config_defaults_to_no_variant_thresholds():
     assert GateConfig().variants == {}
     with pytest.raises(ValueError, match="no thresholds"):
         VariantGate()
+
+
+# ---- gate --------------------------------------------------------------------------------------------
+
+def _evaluation(n=32, **values):
+    from lorafleet.metrics import Evaluation, Metric
+
+    return Evaluation(n=n, metrics={k: Metric(value=v, ci=(v - 0.05, v + 0.05)) for k, v in values.items()})
+
+
+def _passing_test():
+    from lorafleet.metrics import Delta, SplitEvaluation
+
+    tuned = _evaluation(schema_pass_rate=1.0, score=60.0)
+    return SplitEvaluation(tuned=tuned, base=_evaluation(schema_pass_rate=0.0, score=0.0), delta=Delta(), onnx=tuned)
+
+
+INT4_GATE = GateConfig(min={"schema_pass_rate": 0.6},
+                       variants={"int4": VariantGate(max_drop={"schema_pass_rate": 0.02, "score": 5, "eval_loss": 0.1},
+                                                     min={"json_valid_rate": 0.8})})
+
+
+def test_a_variant_within_its_drops_and_above_its_minimums_passes():
+    from lorafleet.gate import decide
+
+    fp32 = _evaluation(schema_pass_rate=1.0, score=60.0, eval_loss=0.50, json_valid_rate=1.0)
+    int4 = _evaluation(schema_pass_rate=0.98, score=55.0, eval_loss=0.60, json_valid_rate=0.8)  # every drop at its limit
+    verdict = decide(INT4_GATE, _passing_test(), None, {"fp32": fp32, "int4": int4})
+    assert verdict.passed, verdict
+    variant = [c for c in verdict.checks if c.kind == "variant"]
+    assert [c.name for c in variant] == ["int4 schema_pass_rate at most 0.02 below fp32", "int4 score at most 5 below fp32",
+                                         "int4 eval_loss at most 0.1 above fp32", "int4 json_valid_rate >= 0.8"]
+    assert [c.value for c in variant] == [pytest.approx(0.02), 5.0, pytest.approx(0.1), 0.8]
+    assert variant[0].detail == "int4 0.980 vs fp32 1.000 on the test split"
+    assert variant[3].detail == "int4 0.800 on the test split"
+
+
+def test_a_variant_past_a_threshold_fails_the_gate_naming_the_variant():
+    from lorafleet.gate import decide
+
+    fp32 = _evaluation(schema_pass_rate=1.0, score=60.0, eval_loss=0.50, json_valid_rate=1.0)
+    int4 = _evaluation(schema_pass_rate=0.9375, score=56.0, eval_loss=0.45, json_valid_rate=0.75)
+    verdict = decide(INT4_GATE, _passing_test(), None, {"fp32": fp32, "int4": int4})
+    assert not verdict.passed
+    assert verdict.failed == ["int4 schema_pass_rate at most 0.02 below fp32", "int4 json_valid_rate >= 0.8"]
+    # a variant better than the export (lower loss) is no drop at all
+    loss = next(c for c in verdict.checks if c.name.startswith("int4 eval_loss"))
+    assert loss.passed and loss.value == pytest.approx(-0.05)
+
+
+def test_a_gated_variant_that_was_not_evaluated_fails_its_checks():
+    from lorafleet.gate import decide
+
+    fp32 = _evaluation(schema_pass_rate=1.0, score=60.0, eval_loss=0.5, json_valid_rate=1.0)
+    verdict = decide(INT4_GATE, _passing_test(), None, {"fp32": fp32})
+    assert [c.detail for c in verdict.checks if c.kind == "variant"] == [
+        "schema_pass_rate not measured on int4", "score not measured on int4", "eval_loss not measured on int4",
+        "int4 not evaluated"]
+    assert not verdict.passed
+    # no ONNX model at all (export.onnx: false): the variant thresholds are not judged
+    assert decide(INT4_GATE, _passing_test(), None, None).passed
+    assert all(c.kind != "variant" for c in decide(INT4_GATE, _passing_test()).checks)
+
+
+def test_the_drop_is_measured_from_the_first_variant_whatever_its_precision():
+    from lorafleet.gate import decide
+
+    fp16 = _evaluation(schema_pass_rate=0.9, score=50.0, eval_loss=0.5, json_valid_rate=1.0)
+    int4 = _evaluation(schema_pass_rate=0.9, score=50.0, eval_loss=0.5, json_valid_rate=1.0)
+    verdict = decide(INT4_GATE, _passing_test(), None, {"fp16": fp16, "int4": int4})
+    assert verdict.passed and "int4 score at most 5 below fp16" in [c.name for c in verdict.checks]
