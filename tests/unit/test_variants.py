@@ -170,3 +170,55 @@ def test_the_drop_is_measured_from_the_first_variant_whatever_its_precision():
     int4 = _evaluation(schema_pass_rate=0.9, score=50.0, eval_loss=0.5, json_valid_rate=1.0)
     verdict = decide(INT4_GATE, _passing_test(), None, {"fp16": fp16, "int4": int4})
     assert verdict.passed and "int4 score at most 5 below fp16" in [c.name for c in verdict.checks]
+
+
+# ---- results and reports -------------------------------------------------------------------------------
+
+def test_a_domain_result_with_variants_round_trips_through_its_json():
+    from lorafleet.results import DomainResult, RunSummary
+    from tests.report_sample import sample_report
+
+    result = sample_report().result
+    assert list(result.variants) == ["fp32", "int4"]
+    again = DomainResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again == result and again.variants["int4"].speed.tokens_per_s == 455.0
+    summary = RunSummary.of("r1", "/tmp/store", 1.0, {result.name: result})
+    assert RunSummary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
+
+
+def test_a_domain_summary_written_before_variants_still_loads():
+    """domain_summary.json of earlier runs (resumed, unchanged domains read them back) has no variants and no
+    onnx_variants phase."""
+    from lorafleet.results import DomainResult
+    from tests.report_sample import sample_report
+
+    old = sample_report().result.to_json()
+    del old["variants"]
+    del old["timings"]["onnx_variants"]
+    loaded = DomainResult.from_json(json.loads(json.dumps(old)))
+    assert loaded.variants == {} and loaded.timings.onnx_variants is None
+    assert loaded.test == sample_report().result.test and loaded.drift.merged_vs_onnx.greedy_match_rate == 1.0
+
+
+def test_reports_and_the_model_card_show_each_variant_with_its_size_speed_accuracy_parity_and_gate():
+    from lorafleet.report import render_html, render_markdown, result_markdown
+    from tests.report_sample import sample_report
+
+    report = sample_report()
+    int4 = report.result.variants["int4"]
+    md = render_markdown(report)
+    assert "## ONNX variants" in md and "64 new tokens after a 97-token prompt" in md and "1 thread," in md
+    row = next(line for line in md.splitlines() if line.startswith("| int4 |"))
+    score, schema = int4.evaluation.metrics["score"], int4.evaluation.metrics["schema_pass_rate"]
+    assert row.startswith("| int4 | onnx-int4 | int4 MatMul weights (block 32) over fp32 | 4.85 | 455.0 | "
+                          f"{score.value:.1f} [{score.ci[0]:.1f}, {score.ci[1]:.1f}] | "
+                          f"{schema.value:.3f} [{schema.ci[0]:.3f}, {schema.ci[1]:.3f}] | 0.910 | 0.840 | ")
+    assert row.endswith("| FAIL: int4 schema_pass_rate at most 0.02 below fp32 |")
+    assert next(line for line in md.splitlines() if line.startswith("| fp32 |")).endswith("| 1.000 | 3.2e-05 | — |")
+    assert "int4 schema_pass_rate at most 0.02 below fp32" in md.splitlines()[0]  # the verdict names the variant
+    assert "| int4 score at most 5 below fp32 | variant | 4.167 | 5.000 | pass | int4 73.750 vs fp32 77.917 " in md
+    assert "## ONNX variants" in result_markdown(report.result)  # the model card's numbers
+    page = render_html(report)
+    table = page[page.index('<table class="variants">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr") == 3 and '<span class="fail">FAIL: int4 schema_pass_rate' in table
