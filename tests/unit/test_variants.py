@@ -11,9 +11,23 @@ GPU_FINISH = {"eval": {"resources": {"cpu": 1, "gpu": 0.5}}}
 
 
 def _load(domain_copy, *layers):
+    """contracts.yaml without its variants (the bundled domains have an int4 one and its gate), then ``layers``."""
     from lorafleet.config import merge_overrides
+    from tests.conftest import rewrite_yaml
 
-    return load_domain(domain_copy("contracts"), merge_overrides(*layers))
+    def plain(raw):
+        del raw["export"]["variants"], raw["export"]["int4_block_size"], raw["gate"]["variants"]
+
+    return load_domain(rewrite_yaml(domain_copy("contracts"), plain), merge_overrides(*layers))
+
+
+def test_the_bundled_domains_publish_an_int4_variant_held_to_its_drops():
+    from tests.conftest import DOMAINS_DIR
+
+    for path in sorted(DOMAINS_DIR.glob("*.yaml")):
+        cfg = load_domain(path)
+        assert (cfg.export.variants, cfg.export.int4_block_size) == (["fp32", "int4"], 32), path
+        assert cfg.gate.variants == {"int4": VariantGate(max_drop={"schema_pass_rate": 0.1, "score": 5})}, path
 
 
 # ---- config ------------------------------------------------------------------------------------------
