@@ -90,7 +90,8 @@ def domain_copy(tmp_path):
 
 # `--set` overrides that let any trained model through the bundled gate (tests about publishing, not quality)
 OPEN_GATE = ["gate.min.schema_pass_rate=0", "gate.min.json_valid_rate=0", "gate.not_below_base=[]",
-             "gate.min_improvement.score=-100", "gate.max_field_regression=1", "gate.golden_min.schema_pass_rate=0"]
+             "gate.min_improvement.score=-100", "gate.max_field_regression=1", "gate.golden_min.schema_pass_rate=0",
+             "gate.variants.int4.max_drop.schema_pass_rate=1", "gate.variants.int4.max_drop.score=100"]
 
 CANARY_SECRET = "canary-secret-7f3a9c1e"
 

@@ -8,11 +8,11 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from lorafleet import data, evaluate, gate, history, metrics, publish, report, select
-from lorafleet.config import load_domain
-from lorafleet.export import Drift, Parity
+from lorafleet.config import VariantGate, load_domain
+from lorafleet.export import Drift, Parity, Speed
 from lorafleet.lineage import Lineage, config_sha256, config_snapshot
 from lorafleet.pipeline import ModelScores, compare
-from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome
+from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome, VariantResult
 from lorafleet.train import HParams
 from tests.conftest import DOMAINS_DIR
 
@@ -58,23 +58,36 @@ def sample_report() -> report.DomainReport:
     base = scores(lambda i, e: "I think the contract is about payment." if i % 3 else e.completion)
     tuned = scores(_tuned_answer)
     onnx = scores(_tuned_answer, golden=False)
+    int4 = scores(lambda i, e: "{" if i == 1 else _tuned_answer(i, e), golden=False)  # one answer broken
     test_eval, golden_eval = compare(cfg, base, tuned, onnx)
-    verdict = gate.decide(cfg.gate, test_eval, golden_eval)
+    parity = Parity(greedy_match_rate=1.0, max_abs_logit_diff=3.2e-5, prompts=len(test), new_tokens=1517)
+    speed = Speed(tokens_per_s=412.5, new_tokens=64, prompt_tokens=97, runs=3, threads=1)
+    variants = {
+        "fp32": VariantResult(folder="onnx", weights="fp32", evaluation=onnx.test.evaluation, parity=parity,
+                              provider="CPUExecutionProvider", bytes=12_772_022, speed=speed),
+        "int4": VariantResult(folder="onnx-int4", weights="int4 MatMul weights (block 32) over fp32",
+                              evaluation=int4.test.evaluation, provider="CPUExecutionProvider", bytes=4_852_738,
+                              parity=Parity(greedy_match_rate=0.91, max_abs_logit_diff=0.84, prompts=len(test),
+                                            new_tokens=1522),
+                              speed=speed.model_copy(update={"tokens_per_s": 455.0}))}
+    gate_cfg = cfg.gate.model_copy(update={"variants": {"int4": VariantGate(max_drop={"schema_pass_rate": 0.02,
+                                                                                       "score": 5})}})
+    verdict = gate.decide(gate_cfg, test_eval, golden_eval, variants={name: v.evaluation for name, v in variants.items()})
     trials = [TrialOutcome(hparams=HParams(rank, lr, 3), backend="peft",
                            metrics={"eval_loss": 1.1 - i * 0.2, "schema_pass_rate": 0.6 + i * 0.1,
                                     "score": 60.0 + i * 9, "steps": 40.0}, history=_history(lr))
               for i, (rank, lr) in enumerate([(8, 2e-4), (16, 1e-3)])]
     trials.append(TrialOutcome(hparams=HParams(16, 5e-3, 3), error="RuntimeError: CUDA out of memory " + XSS))
     selection = select.pick_winner([t.metrics for t in trials], cfg.select.rule)
-    parity = Parity(greedy_match_rate=1.0, max_abs_logit_diff=3.2e-5, prompts=len(test), new_tokens=1517)
     result = DomainResult(
         name=cfg.name, status="published" if verdict.passed else "gated", trials=trials,
         winner=trials[selection.winner].hparams, test=test_eval, golden=golden_eval, gate=verdict,
         drift=Drift(adapter_base="full precision", merged_vs_onnx=parity, onnx_provider="CPUExecutionProvider",
                     adapter_vs_merged=Parity(greedy_match_rate=0.98, max_abs_logit_diff=0.0021, prompts=len(test),
                                              new_tokens=1532)),
+        variants=variants,
         timings=FinishTimings(merge=21.4, base_eval=38.2, tuned_eval=35.9, merge_drift=17.3, onnx_export=64.0, onnx_load=3.1,
-                              onnx_parity_eval=41.7))  # report and publish end after the report is written
+                              onnx_parity_eval=41.7, onnx_variants=12.9))  # report and publish end after the report is written
     manifest = prepared.manifest
     lineage = Lineage(run_id="20260101-0300", lorafleet_version="0.1.0", git_commit="6a41003", packages={"torch": "2.13.0"},
                       config=config_snapshot(cfg), config_sha256=config_sha256(cfg),

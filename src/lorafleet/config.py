@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -314,11 +314,60 @@ class SelectConfig(_Strict):
         "threshold, then those within `within` of the best; the next key decides among them.")
 
 
+OnnxVariant = Literal["fp32", "fp16", "int4"]
+ONNX_VARIANTS: tuple[str, ...] = get_args(OnnxVariant)
+# variants built from the primary export rather than exported (export.build_variant)
+DERIVED_VARIANTS = ("int4",)
+
+
 class ExportConfig(_Strict):
     onnx: bool = True
     dtype: Literal["fp32", "fp16"] = Field(
         "fp32", description="ONNX weights' precision. fp16 halves the files and exports on the GPU (Optimum exports "
         "fp16 on CUDA only); the PyTorch models are then evaluated in fp16 too, so parity compares like with like.")
+    variants: list[OnnxVariant] = Field(
+        description="The ONNX models published, each evaluated, compared with the merged model, sized and timed on the "
+        "CPU. The first is the export itself, in export.dtype, published in onnx/; each further one is built from it "
+        "and published in onnx-<variant>/. int4: its MatMul weights 4-bit (onnxruntime's MatMulNBits, block "
+        "int4_block_size), the rest as exported. Default: [dtype]. With onnx: false none is built (and gate.variants "
+        "is not judged).")
+    int4_block_size: int = Field(
+        32, description="int4: weights quantized in blocks of this many along the input dimension, each block with "
+        "its own scale and zero point (smaller: closer to the export, larger files). A power of two, 16 or more.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "variants" not in data:
+            return {**data, "variants": [data.get("dtype", "fp32")]}
+        return data
+
+    @field_validator("int4_block_size")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"must be a power of two, 16 or more (MatMulNBits' blocks), got {size}")
+        return size
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ExportConfig:
+        variants = self.variants
+        if not variants:
+            raise ValueError(f"variants: needs at least the export itself, [{self.dtype}]")
+        if len(set(variants)) < len(variants):
+            raise ValueError(f"variants: {', '.join(variants)} names a variant twice")
+        if variants[0] != self.dtype:
+            example = ", ".join([self.dtype, *(v for v in variants if v in DERIVED_VARIANTS)])
+            raise ValueError(f"variants: the first is the export itself, in export.dtype ({self.dtype}), not "
+                             f"{variants[0]}; e.g. variants: [{example}]")
+        exported_twice = [v for v in variants[1:] if v not in DERIVED_VARIANTS]
+        if exported_twice:
+            raise ValueError(f"variants: {exported_twice[0]} beside the {self.dtype} export is not built: only one "
+                             f"precision is exported (export.dtype); further variants are built from it: "
+                             f"{', '.join(DERIVED_VARIANTS)}")
+        if "int4_block_size" in self.model_fields_set and "int4" not in variants:
+            raise ValueError("int4_block_size: read only for an int4 variant; add int4 to export.variants or drop it")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -368,6 +417,37 @@ EVAL_METRICS = tuple(REGISTRY)
 METRIC_NEEDS = {name: m.needs for name, m in REGISTRY.items() if m.needs}
 
 
+def _unknown_metrics(named: list[str]) -> str | None:
+    unknown = sorted({m for m in named if m not in EVAL_METRICS})
+    return f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}" if unknown else None
+
+
+class VariantGate(_Strict):
+    """What one ONNX variant must reach on the test split, besides what the tuned model must."""
+
+    max_drop: dict[str, float] = Field(
+        default_factory=dict, description="metric -> how far the variant may fall behind the primary ONNX export "
+        "(export.variants' first) on the same test records, in the metric's worse direction.")
+    min: dict[str, float] = Field(
+        default_factory=dict, description="metric -> lowest value the variant may have on the test split.")
+
+    @field_validator("max_drop")
+    @classmethod
+    def _not_negative(cls, drops: dict[str, float]) -> dict[str, float]:
+        negative = [m for m, v in drops.items() if v < 0]
+        if negative:
+            raise ValueError(f"{negative[0]}: a drop is 0 or more (0: not worse than the primary export)")
+        return drops
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> VariantGate:
+        if problem := _unknown_metrics([*self.max_drop, *self.min]):
+            raise ValueError(problem)
+        if not self.max_drop and not self.min:
+            raise ValueError("no thresholds: give max_drop or min, or drop the variant's section")
+        return self
+
+
 class GateConfig(_Strict):
     min: dict[str, float] = Field(
         default_factory=dict, description="metric -> lowest value the tuned model may have on the test split.")
@@ -391,13 +471,15 @@ class GateConfig(_Strict):
     human_min_reviewed: int = Field(
         20, gt=0, description="With human_min_improvement: the check fails when fewer test records than this were "
         "rated (an interval over a handful of records says little).")
+    variants: dict[OnnxVariant, VariantGate] = Field(
+        default_factory=dict, description="ONNX variant (export.variants, not the first) -> its own thresholds, "
+        "e.g. {int4: {max_drop: {schema_pass_rate: 0.02}}}; a variant that misses one fails the domain's gate. Not "
+        "judged with export.onnx: false (no ONNX model is built).")
 
     @model_validator(mode="after")
     def _known_metrics(self) -> GateConfig:
-        named = [*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min]
-        unknown = sorted({m for m in named if m not in EVAL_METRICS})
-        if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(EVAL_METRICS)}")
+        if problem := _unknown_metrics([*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min]):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -516,10 +598,19 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
         problems.append(f"export.dtype: fp16 exports on CUDA only (Optimum), but the task that finishes the domain "
                         f"gets no GPU ({finish_gpu}); use export.dtype: fp32, set export.onnx: false, or give "
                         "eval.resources a GPU fraction")
-    gate = cfg.gate
+    gate, primary = cfg.gate, cfg.export.variants[0]
+    for variant in gate.variants:
+        if variant == primary:
+            problems.append(f"gate.variants.{variant}: {variant} is the primary ONNX export (export.variants' first), "
+                            "the one other variants are measured against; gate.min holds the tuned model itself")
+        elif variant not in cfg.export.variants:
+            problems.append(f"gate.variants.{variant}: {variant} is not built: export.variants is "
+                            f"[{', '.join(cfg.export.variants)}]; add it there or drop gate.variants.{variant}")
     named = [*(("gate.min", m) for m in gate.min), *(("gate.not_below_base", m) for m in gate.not_below_base),
              *(("gate.min_improvement", m) for m in gate.min_improvement),
              *(("gate.golden_min", m) for m in gate.golden_min),
+             *((f"gate.variants.{v}.{part}", m) for v, g in gate.variants.items()
+               for part in ("max_drop", "min") for m in getattr(g, part)),
              *((f"select.rule.{i}.metric", k.metric) for i, k in enumerate(cfg.select.rule)),
              *(("eval.score_weights", m) for m in cfg.eval.score_weights)]
     for where, metric in named:

@@ -68,6 +68,18 @@ class KVCache(BaseModel):
     outputs: str | None = Field(None, description="The graph outputs of the updated cache, by layer (ONNX).")
 
 
+class Quantization(BaseModel):
+    """How a quantized ONNX variant's weights are stored, read from its graph."""
+
+    model_config = ConfigDict(frozen=True)
+    method: str = Field(description="The operator holding the quantized weights: MatMulNBits (onnxruntime contrib).")
+    bits: int
+    block_size: int = Field(description="Weights per block along the input dimension; each block has its own scale.")
+    symmetric: bool = Field(description="False: each block also has a zero point.")
+    matmuls: int = Field(description="MatMuls whose weight is quantized (projections and the LM head).")
+    unquantized: str = Field(description="The dtype of every other weight (embedding, norms) and of the activations.")
+
+
 class FileEntry(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -82,7 +94,11 @@ class ModelContract(BaseModel):
     contract_version: int = CONTRACT_VERSION
     domain: str
     kind: Kind
-    dtype: str
+    variant: str | None = Field(None, description="The ONNX variant (export.variants): fp32, fp16 (the export itself) "
+                                "or int4 (built from it); None for the merged model.")
+    dtype: str = Field(description="What the weights are: the merged model's torch dtype, the ONNX graph's logits "
+                       "dtype, or int4 for a quantized variant (quantization says which weights).")
+    quantization: Quantization | None = None
     description: str
     base_model: str
     run_id: str
@@ -124,9 +140,10 @@ def render_messages(folder: str | Path, contract: ModelContract, messages: list[
 
 
 def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: dict[str, Any], result: DomainResult,
-                   run_id: str, example: Example) -> ModelContract:
+                   run_id: str, example: Example, variant: str | None = None) -> ModelContract:
     """Write the contract files into a model folder that holds the model's tokenizer (``example``: a test record the
-    card shows the call with); lorafleet_model.json last, listing the others' hashes."""
+    card shows the call with; ``variant``: an ONNX folder's, default export.dtype); lorafleet_model.json last,
+    listing the others' hashes."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
@@ -136,10 +153,14 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
     (folder / OUTPUT_SCHEMA).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     inputs, outputs, kv_cache, dtype = (onnx_signature(folder) if kind == "onnx" else
                                         merged_signature(folder, tokenizer.model_input_names))
+    quantization = None
     if kind == "onnx":
         write_genai_config(folder, kv_cache, outputs, settings, tokenizer.bos_token_id)
+        variant, quantization = variant or cfg.export.dtype, onnx_quantization(folder, dtype)
+        dtype = f"int{quantization.bits}" if quantization else dtype
     contract = ModelContract(
-        domain=cfg.name, kind=kind, dtype=dtype, description=cfg.description, base_model=cfg.base_model,
+        domain=cfg.name, kind=kind, variant=variant, dtype=dtype, quantization=quantization,
+        description=cfg.description, base_model=cfg.base_model,
         run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
         inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
         special_tokens=tokenizer.special_tokens_map, prompt_sha256=prompt_sha256(cfg.system_prompt, template),
@@ -295,6 +316,24 @@ def onnx_signature(folder: Path) -> tuple[list[TensorSpec], list[TensorSpec], KV
     return inputs, outputs, kv_cache, logits.dtype or "unknown"
 
 
+def onnx_quantization(folder: Path, unquantized: str) -> Quantization | None:
+    """How onnx/model.onnx's MatMul weights are quantized (its MatMulNBits nodes' attributes), or None."""
+    import onnx
+
+    nodes = [n for n in onnx.load(str(onnx_graph(folder)), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    if not nodes:
+        return None
+    attributes = {tuple(sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute
+                               if a.name in ("bits", "block_size"))) for n in nodes}
+    if len(attributes) > 1:
+        raise ValueError(f"{onnx_graph(folder)}: MatMulNBits nodes quantized differently: {sorted(attributes)}")
+    settings = dict(attributes.pop())
+    symmetric = not any(len(n.input) > 3 and n.input[3] for n in nodes)  # input 3: the blocks' zero points
+    return Quantization(method="MatMulNBits", bits=settings["bits"], block_size=settings["block_size"],
+                        symmetric=symmetric, matmuls=len(nodes), unquantized=unquantized)
+
+
 def merged_signature(folder: Path, input_names: list[str]) -> tuple[list[TensorSpec], list[TensorSpec], KVCache | None,
                                                                     str]:
     """Inputs (the tokenizer's), outputs, KV cache and dtype of a transformers model, from its config.json."""
@@ -317,16 +356,24 @@ def file_entries(folder: Path) -> list[FileEntry]:
 
 def model_card(contract: ModelContract, result: DomainResult, example: Example) -> str:
     """README.md: Hugging Face front matter, then what the model is, its numbers and gate verdict, and the exact call."""
-    tags = ["lorafleet", "lora", "structured-output", "json", contract.domain, *(["onnx"] if contract.kind == "onnx" else [])]
+    tags = ["lorafleet", "lora", "structured-output", "json", contract.domain,
+            *(["onnx", contract.variant or contract.dtype] if contract.kind == "onnx" else [])]
     front = [*([f"base_model: {json.dumps(contract.base_model)}"] if HUB_ID_RE.fullmatch(contract.base_model) else []),
              f"library_name: {'optimum' if contract.kind == 'onnx' else 'transformers'}",
              "pipeline_tag: text-generation", "tags:", *(f"- {json.dumps(t)}" for t in tags)]
     weights = ("ONNX (Optimum text-generation-with-past, with KV cache)" if contract.kind == "onnx" else
                "merged 16-bit safetensors (LoRA adapter merged into the base)")
-    facts = [("domain", contract.domain), ("weights", f"{weights}, {contract.dtype}"), ("base model", contract.base_model),
+    if q := contract.quantization:
+        weights += (f", {q.matmuls} MatMul weights {q.bits}-bit ({q.method}, blocks of {q.block_size}, "
+                    f"{'symmetric' if q.symmetric else 'with zero points'}); embedding, norms and activations "
+                    f"{q.unquantized}")
+    else:
+        weights += f", {contract.dtype}"
+    facts = [("domain", contract.domain), ("weights", weights), ("base model", contract.base_model),
              ("run", contract.run_id), ("dataset version", contract.dataset_version),
              ("lorafleet", contract.lorafleet_version), ("prompt sha256", contract.prompt_sha256)]
-    lines = ["---", *front, "---", "", f"# {contract.domain} ({contract.kind})", "", contract.description, "",
+    title = f"{contract.kind}, {contract.variant}" if contract.variant else contract.kind
+    lines = ["---", *front, "---", "", f"# {contract.domain} ({title})", "", contract.description, "",
              "| | |", "| --- | --- |", *(f"| {k} | `{v}` |" for k, v in facts), "",
              "## Verdict", "", _verdict(result), "", report.result_markdown(result), *_training(result),
              "## Intended use", "", _intended_use(contract, result),

@@ -128,18 +128,18 @@ def onnx_provider() -> str:
     return "CPUExecutionProvider"
 
 
-def load_onnx_model(path: str, trust_remote_code: bool = False):
-    """onnxruntime on ``onnx_provider()``; the model's ``provider`` says which ran. On the CPU with as many threads
-    as this process was given (Ray sets OMP_NUM_THREADS to a task's CPUs); by default each session starts a thread
-    per core, and finishing tasks side by side contend. ``trust_remote_code``: the domain's, for the model's
-    configuration and tokenizer code."""
+def load_onnx_model(path: str, trust_remote_code: bool = False, provider: str | None = None):
+    """onnxruntime on ``provider`` (default ``onnx_provider()``); the model's ``provider`` says which ran. On the CPU
+    with as many threads as this process was given (Ray sets OMP_NUM_THREADS to a task's CPUs); by default each
+    session starts a thread per core, and finishing tasks side by side contend. ``trust_remote_code``: the domain's,
+    for the model's configuration and tokenizer code."""
     import onnxruntime
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: onnxruntime's default
-    model = ORTModelForCausalLM.from_pretrained(path, provider=onnx_provider(), session_options=options,
+    model = ORTModelForCausalLM.from_pretrained(path, provider=provider or onnx_provider(), session_options=options,
                                                 trust_remote_code=trust_remote_code)
     return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 

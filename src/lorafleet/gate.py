@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from lorafleet.config import GateConfig
 from lorafleet.metrics import Evaluation, HumanRatings, SplitEvaluation, better_direction
 
-CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden", "human"]
+CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden", "human", "variant"]
 NOT_REVIEWED = "not reviewed"
 
 
@@ -40,21 +40,24 @@ class GateVerdict(BaseModel):
 
 
 def _threshold(kind: CheckKind, prefix: str, name: str, threshold: float, evaluation: Evaluation | None,
-               where: str) -> GateCheck:
-    """The tuned model's ``name`` at or beyond ``threshold`` in the metric's better direction."""
+               where: str, who: str = "tuned", absent: str = "the domain has no golden set (eval.golden)") -> GateCheck:
+    """``who``'s (the tuned model's, an ONNX variant's) ``name`` at or beyond ``threshold`` in the metric's better
+    direction; ``absent``: why there is no ``evaluation``."""
     up, value = better_direction(name), evaluation.value(name) if evaluation else None
-    detail = ("the domain has no golden set (eval.golden)" if evaluation is None else
-              "not measured" if value is None else f"tuned {value:.3f} {where}")
+    detail = (absent if evaluation is None else
+              "not measured" if value is None else f"{who} {value:.3f} {where}")
     return GateCheck(kind=kind, name=f"{prefix}{name} {'>=' if up > 0 else '<='} {threshold:g}", value=value,
                      threshold=threshold, passed=value is not None and up * (value - threshold) >= 0, detail=detail)
 
 
 def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | None = None,
-           human: HumanRatings | None = None) -> GateVerdict:
-    """Apply every configured check to the test split (and the golden set, and people's ratings: ``human``, None
-    while nobody reviewed the run); the gate passes when all pass. Thresholds are met in each metric's better
-    direction (``>=`` for rates and score, ``<=`` for eval_loss and perplexity). A metric the evaluation could not
-    measure (e.g. grounding of a model that quoted nothing) fails its check, saying so."""
+           human: HumanRatings | None = None, variants: dict[str, Evaluation] | None = None) -> GateVerdict:
+    """Apply every configured check to the test split (and the golden set, people's ratings and the ONNX variants'
+    test split); the gate passes when all pass. Thresholds are met in each metric's better direction (``>=`` for rates
+    and score, ``<=`` for eval_loss and perplexity). A metric the evaluation could not measure (e.g. grounding of a
+    model that quoted nothing) fails its check, saying so. ``human``: the ratings, None while nobody reviewed the run.
+    ``variants``: each ONNX variant's test evaluation, the primary export first (the one ``gate.variants``' drops are
+    measured from); None: no ONNX model was built (export.onnx: false), so ``gate.variants`` is not judged."""
     tuned, base, delta = test.tuned, test.base, test.delta
     checks = [_threshold("absolute", "", name, threshold, tuned, "on the test split")
               for name, threshold in gate.min.items()]
@@ -93,6 +96,7 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
                for name, threshold in gate.golden_min.items()]
     if gate.human_min_improvement is not None:
         checks.append(_human(gate.human_min_improvement, gate, human))
+    checks += _variant_checks(gate, variants) if variants is not None else []
     return GateVerdict(checks=checks)
 
 
@@ -116,3 +120,28 @@ def _human(threshold: float, gate: GateConfig, human: HumanRatings | None) -> Ga
                          f"{gate.human_min_reviewed}")
     return GateCheck(kind="human", name=label, value=low, threshold=threshold,
                      passed=gain.value > 0 and low > threshold, detail=detail)
+
+
+def _variant_checks(gate: GateConfig, variants: dict[str, Evaluation]) -> list[GateCheck]:
+    """Each gated variant against the primary export on the same test records (how far it falls behind, judged on
+    the two point estimates), and against its own minimums. A variant that was not evaluated fails its checks."""
+    primary = next(iter(variants), None)
+    reference = variants.get(primary) if primary else None
+    checks = []
+    for variant, thresholds in gate.variants.items():
+        evaluation = variants.get(variant)
+        for name, most in thresholds.max_drop.items():
+            up = better_direction(name)
+            label = f"{variant} {name} at most {most:g} {'below' if up > 0 else 'above'} {primary or 'the export'}"
+            value, ref = (evaluation.value(name) if evaluation else None), (reference.value(name) if reference else None)
+            if value is None or ref is None:
+                missing = variant if value is None else primary
+                checks.append(GateCheck(kind="variant", name=label, value=None, threshold=most, passed=False,
+                                        detail=f"{name} not measured on {missing or 'the export'}"))
+                continue
+            drop = round(up * (ref - value), 12)  # 1.0 - 0.98 is 0.020000000000000018: not a drop past 0.02
+            checks.append(GateCheck(kind="variant", name=label, value=drop, threshold=most, passed=drop <= most,
+                                    detail=f"{variant} {value:.3f} vs {primary} {ref:.3f} on the test split"))
+        checks += [_threshold("variant", f"{variant} ", name, threshold, evaluation, "on the test split", who=variant,
+                              absent=f"{variant} not evaluated") for name, threshold in thresholds.min.items()]
+    return checks

@@ -43,7 +43,7 @@ from lorafleet.data import Example
 from lorafleet.evaluate import SplitScores
 from lorafleet.export import Drift
 from lorafleet.metrics import SplitEvaluation
-from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome
+from lorafleet.results import Artifacts, DomainResult, FinishTimings, RunSummary, SearchStory, TrialOutcome, VariantResult
 from lorafleet.sweep import DomainPlan
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def unchanged_result(storage: publish.Storage, plan: DomainPlan, run_id: str) ->
     published = DomainResult.from_json(publish.read_domain_summary(storage, run_id, plan.cfg.name))
     return DomainResult(name=plan.cfg.name, status="unchanged", matches_run=run_id,
                         dataset_version=plan.data.manifest.dataset_version, winner=published.winner,
-                        test=published.test, golden=published.golden,
+                        test=published.test, golden=published.golden, variants=published.variants,
                         gate=reviewed_gate(storage, run_id, plan.cfg.name) or published.gate,
                         artifacts=artifact_uris(storage, run_id, plan.cfg))
 
@@ -280,13 +280,14 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
         tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
     with watch("merge_drift"):
         drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
-    onnx, drift = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out, watch)
-                   if cfg.export.onnx else (None, drift))
+    onnx, drift, variants = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out, watch)
+                             if cfg.export.onnx else (None, drift, {}))
     test, golden = compare(cfg, base, tuned, onnx)
-    verdict = gate.decide(cfg.gate, test, golden)
+    verdict = gate.decide(cfg.gate, test, golden,
+                          variants={name: v.evaluation for name, v in variants.items()} if cfg.export.onnx else None)
     result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated",
                           dataset_version=plan.data.manifest.dataset_version, trials=trials, winner=winner.hparams,
-                          test=test, golden=golden, drift=drift, gate=verdict,
+                          test=test, golden=golden, drift=drift, variants=variants, gate=verdict,
                           artifacts=artifact_uris(publish.Storage(context.storage), context.run_id, cfg),
                           timings=FinishTimings(**watch.seconds), search=story)
     progress.info("[%s] gate: %s", cfg.name, "passed" if verdict.passed else f"GATED ({', '.join(verdict.failed)})")
@@ -360,7 +361,7 @@ def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, g
             "".join(json.dumps(a.model_dump(), ensure_ascii=False) + "\n" for a in scores[split].answers), encoding="utf-8")
     shown = ", ".join(f"{k} {v:.3f}" for k in metrics.KEY_METRICS
                       if (v := scores["test"].evaluation.value(k)) is not None)
-    (progress if kind != "onnx" else log).info(
+    (progress if not kind.startswith("onnx") else log).info(
         "[%s] %s model on %s: %s", cfg.name, kind, " + ".join(f"{len(s.answers)} {n}" for n, s in scores.items()), shown)
     return ModelScores(test=scores["test"], golden=scores.get("golden"))
 
@@ -379,9 +380,10 @@ def measure_merge_drift(plan: DomainPlan, base_path: str, winner: TrialOutcome, 
 
 
 def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer, tuned: SplitScores, drift: Drift,
-                     out: Path, watch: Stopwatch) -> tuple[ModelScores, Drift]:
+                     out: Path, watch: Stopwatch) -> tuple[ModelScores, Drift, dict[str, VariantResult]]:
     """ONNX export (in the evaluation's precision), its test answers, and its parity with the merged PyTorch
-    model on them (``tuned``: the merged model's test answers)."""
+    model on them (``tuned``: the merged model's test answers); then the variants (export.variants): the export's
+    size and speed, and each variant built from it, scored the same way, sized and timed."""
     with watch("onnx_export"):
         onnx_dir = export.to_onnx(merged_dir, out / "onnx", dtype=plan.cfg.export.dtype,
                                   trust_remote_code=plan.cfg.trust_remote_code)
@@ -393,7 +395,50 @@ def export_and_score(plan: DomainPlan, merged_dir: Path, tuned_model, tokenizer,
                                      scores.test.token_ids)
     progress.info("[%s] exported to ONNX (%s): parity with PyTorch %s; score %.1f", plan.cfg.name, onnx_model.provider,
                   parity, scores.test.evaluation.value("score") or 0.0)
-    return scores, drift.model_copy(update={"merged_vs_onnx": parity, "onnx_provider": onnx_model.provider})
+    with watch("onnx_variants"):
+        variants = score_variants(plan, onnx_dir, onnx_model, onnx_tokenizer, scores.test, parity, tuned_model,
+                                  tokenizer, tuned, out)
+    return scores, drift.model_copy(update={"merged_vs_onnx": parity, "onnx_provider": onnx_model.provider}), variants
+
+
+def score_variants(plan: DomainPlan, export_dir: Path, export_model, export_tokenizer, export_scores: SplitScores,
+                   export_parity: export.Parity, tuned_model, tokenizer, tuned: SplitScores,
+                   out: Path) -> dict[str, VariantResult]:
+    """Every ONNX variant, the export itself first (its scores and parity given): each further one built from the
+    export into its own folder, loaded, its test answers scored and compared with the merged model's (``tuned``);
+    each one's size and tokens/s on the CPU."""
+    cfg = plan.cfg
+    primary, *derived = cfg.export.variants
+    variants = {primary: variant_result(plan, primary, export_dir, export_model, export_tokenizer, export_scores,
+                                        export_parity)}
+    for variant in derived:
+        folder = export.build_variant(export_dir, out / export.variant_folder(variant, primary), variant,
+                                      cfg.export.int4_block_size)
+        model, variant_tokenizer = evaluate.load_onnx_model(str(folder), trust_remote_code=cfg.trust_remote_code)
+        scores = score_model(plan, f"onnx-{variant}", model, variant_tokenizer, out / "eval", golden=False)
+        parity = export.check_parity(tuned_model, model, tokenizer, evaluated_test(plan), tuned.token_ids,
+                                     scores.test.token_ids)
+        variants[variant] = variant_result(plan, variant, folder, model, variant_tokenizer, scores.test, parity)
+    progress.info("[%s] ONNX variants (size, CPU tokens/s, score, greedy agreement with PyTorch): %s", cfg.name, "; ".join(
+        f"{name} {v.bytes / 1e6:.1f} MB, {v.speed.tokens_per_s:.0f} tokens/s, score {v.evaluation.value('score') or 0.0:.1f}, "
+        f"greedy {v.parity.greedy_match_rate:.2f}" for name, v in variants.items()))
+    return variants
+
+
+def variant_result(plan: DomainPlan, variant: str, folder: Path, model, tokenizer, scores: SplitScores,
+                   parity: export.Parity) -> VariantResult:
+    """A variant's record: its scores and parity, its graph's bytes, and its speed on the CPU (in a CPU session of its
+    own when it was evaluated on a GPU)."""
+    cfg = plan.cfg
+    cpu_model = model
+    if model.provider != "CPUExecutionProvider":
+        cpu_model, _ = evaluate.load_onnx_model(str(folder), trust_remote_code=cfg.trust_remote_code,
+                                                provider="CPUExecutionProvider")
+    return VariantResult(folder=folder.name, weights=export.variant_weights(variant, cfg.export.dtype,
+                                                                           cfg.export.int4_block_size),
+                         evaluation=scores.evaluation, parity=parity, provider=model.provider,
+                         bytes=export.graph_bytes(folder),
+                         speed=export.measure_speed(cpu_model, tokenizer, evaluated_test(plan)[0]))
 
 
 def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,
@@ -429,12 +474,15 @@ def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, win
 
 def write_model_contracts(context: FinishContext, plan: DomainPlan, result: DomainResult, record: lineage.Lineage,
                           out: Path) -> None:
-    """Beside each model's weights, what a consumer needs to ask it exactly what training asked (``contract``); the
-    adapter's config names the base as the domain config does, its card the base weights' sha256."""
-    for kind in ("merged", "onnx") if plan.cfg.export.onnx else ("merged",):
-        contract.write_contract(out / kind, kind, plan.cfg, plan.data.schema, result, context.run_id,
-                                evaluated_test(plan)[0])
-    contract.write_adapter_card(out / "adapter", plan.cfg, result, record.base_model_sha256)
+    """Beside each model's weights (the merged model's, each ONNX variant's), what a consumer needs to ask it exactly
+    what training asked (``contract``); the adapter's config names the base as the domain config does, its card the
+    base weights' sha256."""
+    cfg, example = plan.cfg, evaluated_test(plan)[0]
+    contract.write_contract(out / "merged", "merged", cfg, plan.data.schema, result, context.run_id, example)
+    for variant, v in result.variants.items():
+        contract.write_contract(out / v.folder, "onnx", cfg, plan.data.schema, result, context.run_id, example,
+                                variant=variant)
+    contract.write_adapter_card(out / "adapter", cfg, result, record.base_model_sha256)
 
 
 def write_domain_report(context: FinishContext, plan: DomainPlan, result: DomainResult, selection: select.Selection,
@@ -451,7 +499,7 @@ def publish_domain(context: FinishContext, name: str, result: DomainResult, reco
     (out / publish.DOMAIN_SUMMARY).write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     publish.publish_domain(publish.Storage(context.storage), context.run_id, name, out,
                            extra={"status": result.status, "lineage": record.model_dump(mode="json")})
-    for weights in (out / "merged", out / "onnx"):
+    for weights in dict.fromkeys([out / "merged", out / "onnx", *(out / v.folder for v in result.variants.values())]):
         shutil.rmtree(weights, ignore_errors=True)
 
 

@@ -219,6 +219,37 @@ def _onnx_parity_blocks(drift: Drift) -> list[tuple]:
             ("kv", "parity", {**parity.model_dump(), "onnxruntime provider": drift.onnx_provider})]
 
 
+def _variant_blocks(result: DomainResult) -> list[tuple]:
+    """One row per ONNX variant, the export first: its weights, size, CPU speed, test metrics with their intervals,
+    agreement with the merged model, and its gate checks."""
+    variants = result.variants
+    checks = [c for c in (result.gate.checks if result.gate else []) if c.kind == "variant"]
+
+    def gate_cell(variant: str) -> Cell | str:
+        mine = [c for c in checks if c.name.startswith(f"{variant} ")]
+        if not mine:
+            return "—"
+        failed = [c.name for c in mine if not c.passed]
+        return Cell("FAIL: " + ", ".join(failed), cls="fail") if failed else Cell(f"pass ({len(mine)})", cls="pass")
+
+    rows = [[name, v.folder, v.weights, f"{v.bytes / 1e6:.2f}", f"{v.speed.tokens_per_s:.1f}",
+             _cell(v.evaluation.metrics.get("score")), _cell(v.evaluation.metrics.get("schema_pass_rate")),
+             _num(v.parity.greedy_match_rate), _num(v.parity.max_abs_logit_diff), gate_cell(name)]
+            for name, v in variants.items()]
+    speed = next(iter(variants.values())).speed
+    threads = (f"{speed.threads} thread{'s' if speed.threads > 1 else ''}" if speed.threads else
+               "onnxruntime's default threads")
+    return [("h", 2, "ONNX variants"),
+            ("p", f"Each variant answered the same {next(iter(variants.values())).evaluation.n} test records; its "
+                  "greedy agreement and largest logit difference are against the merged PyTorch model. Size: the graph "
+                  "and its external data, in MB (10^6 bytes). tokens/s: onnxruntime on the CPU, batch 1, greedy, "
+                  f"{speed.new_tokens} new tokens after a {speed.prompt_tokens}-token prompt (prefill included), the "
+                  f"median of {speed.runs} runs, {threads}, in the finishing task (other domains' trials may share "
+                  "the cores)."),
+            ("table", "variants", ["variant", "folder", "weights", "size (MB)", "tokens/s (CPU)", "score",
+                                   "schema_pass_rate", "greedy agreement", "max logit diff", "gate"], rows)]
+
+
 def _drift_blocks(drift: Drift) -> list[tuple]:
     comps = [(label, p) for label, p in (("adapter vs merged", drift.adapter_vs_merged),
                                          ("merged vs onnx", drift.merged_vs_onnx)) if p is not None]
@@ -253,6 +284,7 @@ def _blocks(report: DomainReport) -> list[tuple]:
         blocks += [("h", 2, "Failing examples (tuned model)"), ("examples", report.failing_examples)]
     if result.drift and result.drift.merged_vs_onnx:
         blocks += _onnx_parity_blocks(result.drift)
+    blocks += _variant_blocks(result) if result.variants else []
     blocks += _drift_blocks(result.drift) if result.drift else []
     blocks += _timing_blocks(result.timings) if result.timings else []
     if report.data:
@@ -393,10 +425,11 @@ def _md_blocks(blocks: list[tuple]) -> list[str]:
 
 
 def result_markdown(result: DomainResult) -> str:
-    """The release gate's checks and the test split's metrics with their 95 % intervals, as the report shows them
-    (a published model's card carries them)."""
+    """The release gate's checks, the test split's metrics with their 95 % intervals and the ONNX variants, as the report
+    shows them (a published model's card carries them)."""
     blocks = _gate_blocks(result.gate) if result.gate else []
     blocks += _eval_blocks(result.test, "test", "Test split: base vs tuned vs ONNX") if result.test else []
+    blocks += _variant_blocks(result) if result.variants else []
     return "\n".join(_md_blocks(blocks)).rstrip() + "\n"
 
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorafleet.export import Drift
+from lorafleet.export import Drift, Parity, Speed
 from lorafleet.gate import GateVerdict
-from lorafleet.metrics import KEY_METRICS, SplitEvaluation
+from lorafleet.metrics import KEY_METRICS, Evaluation, SplitEvaluation
 from lorafleet.train import HParams
 
 DomainStatus = Literal["published", "gated", "failed", "unchanged"]
@@ -94,6 +94,20 @@ class Artifacts(BaseModel):
     data: str
 
 
+class VariantResult(BaseModel):
+    """One ONNX variant of a domain's model (export.variants; the export itself first): what its weights are, where
+    it is published, how it answered the test split, how closely it follows the merged model, its size and speed."""
+
+    model_config = ConfigDict(frozen=True)
+    folder: str = Field(description="Its folder in the domain's: onnx (the export), onnx-<variant>.")
+    weights: str = Field(description="What its weights are, e.g. fp32, or int4 MatMul weights (block 32) over fp32.")
+    evaluation: Evaluation = Field(description="Its answers to the evaluated test records, scored (95 % intervals).")
+    parity: Parity = Field(description="Against the merged PyTorch model on those records.")
+    provider: str = Field(description="The onnxruntime execution provider it was evaluated on.")
+    bytes: int = Field(description="Its graph and the graph's external data (onnx/), tokenizer and config aside.")
+    speed: Speed = Field(description="Greedy tokens/s in onnxruntime on the CPU.")
+
+
 class FinishTimings(BaseModel):
     """Seconds each phase of a domain's finishing task took (``pipeline.finish_domain``). None: the phase did not
     run (no ONNX export), or had not ended when the record was written: the domain's report and its
@@ -107,6 +121,9 @@ class FinishTimings(BaseModel):
     onnx_export: float | None = None
     onnx_load: float | None = None
     onnx_parity_eval: float | None = Field(None, description="The ONNX model's answers and loss, then its parity.")
+    onnx_variants: float | None = Field(
+        None, description="Every ONNX variant's speed on the CPU, and each one built from the export (int4): built, "
+        "loaded, its answers, loss and parity.")
     report: float | None = Field(None, description="Lineage (the weights' hashes), the model folders' contract files "
                                  "(model card, file hashes) and the reports.")
     publish: float | None = None
@@ -130,6 +147,10 @@ class DomainResult(BaseModel):
     test: SplitEvaluation | None = None
     golden: SplitEvaluation | None = None
     drift: Drift | None = None
+    variants: dict[str, VariantResult] = Field(
+        default_factory=dict, description="Each ONNX variant (export.variants), the export itself first: its "
+        "evaluation, parity, size and speed. The export's evaluation and parity are also test.onnx and "
+        "drift.merged_vs_onnx.")
     gate: GateVerdict | None = None
     artifacts: Artifacts | None = None
     timings: FinishTimings | None = None

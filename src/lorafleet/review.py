@@ -347,10 +347,12 @@ def summarize(reviews: Sequence[dict[str, Any]], eval_cfg: EvalConfig) -> tuple[
 
 
 def redecide(result: DomainResult, gate_cfg: GateConfig, ratings: metrics.HumanRatings) -> gate.GateVerdict:
-    """The run's gate decided again: the same checks on the run's own evaluations, and the ratings."""
+    """The run's gate decided again: the same checks on the run's own evaluations (its ONNX variants' too), and the
+    ratings."""
     if result.test is None:
         raise ReviewError(f"domain {result.name}: the run recorded no test evaluation to decide a gate on")
-    return gate.decide(gate_cfg, result.test, result.golden, human=ratings)
+    variants = {name: v.evaluation for name, v in result.variants.items()} or None  # none: no ONNX model was built
+    return gate.decide(gate_cfg, result.test, result.golden, human=ratings, variants=variants)
 
 
 @dataclass(frozen=True)

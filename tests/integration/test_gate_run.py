@@ -61,12 +61,25 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     published_onnx = storage_dir / "runs" / "useless" / "medical" / "onnx"
     assert (published_onnx / "onnx" / "model.onnx").is_file()  # where transformers.js looks
     assert json.loads((published_onnx / "lorafleet_export.json").read_text()) == {"dtype": "fp32"}
+    published_int4 = published_onnx.parent / "onnx-int4"  # the bundled int4 variant, in the same layout
+    assert (published_int4 / "onnx" / "model.onnx").is_file()
+    assert json.loads((published_int4 / "lorafleet_export.json").read_text()) == {
+        "variant": "int4", "int4_block_size": 32, "from": {"dtype": "fp32"}}
+    variants = entry["variants"]
+    assert list(variants) == ["fp32", "int4"] and variants["int4"]["folder"] == "onnx-int4"
+    assert variants["int4"]["bytes"] < 0.6 * variants["fp32"]["bytes"]
+    assert all(v["evaluation"]["n"] == 4 and v["parity"]["prompts"] == 4 and v["speed"]["tokens_per_s"] > 0
+               and v["speed"]["new_tokens"] == 64 for v in variants.values())
+    assert variants["fp32"]["evaluation"] == entry["test"]["onnx"]  # the export's numbers, as test.onnx has them
+    assert any(c["kind"] == "variant" and c["name"].startswith("int4 ") for c in entry["gate"]["checks"])
     scratch = tmp_path / "work" / "medical"  # once published, the scratch copies of the weights are gone
     assert (scratch / "report.md").is_file() and not (scratch / "merged").exists() and not (scratch / "onnx").exists()
+    assert not (scratch / "onnx-int4").exists() and (scratch / "eval" / "test-onnx-int4.jsonl").is_file()
 
     domain_dir = storage_dir / "runs" / "useless" / "medical"
     markdown = (domain_dir / "report.md").read_text()
     assert markdown.startswith("# GATED") and "score gain >= 25" in markdown.splitlines()[0]
+    assert "## ONNX variants" in markdown and "| int4 | onnx-int4 | int4 MatMul weights (block 32) over fp32 |" in markdown
     html = (domain_dir / "report.html").read_text()
     assert "score gain &gt;= 25" in html and html.count("<svg") >= 3
     report = json.loads((domain_dir / "report.json").read_text())
@@ -76,7 +89,8 @@ def test_useless_override_ends_gated_with_named_checks_and_pointer_unmoved(local
     assert report["result"]["drift"]["merged_vs_onnx"]["prompts"] == 4  # the evaluated test records (max_examples)
     assert report["result"]["timings"]["onnx_export"] is not None and report["result"]["timings"]["publish"] is None
     messages = _published_folders_carry_their_contract(domain_dir, config_dir / "medical.yaml", small_base)
-    _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, domain_dir / "onnx", messages)
+    for folder in ("onnx", "onnx-int4"):
+        _transformers_js_and_onnxruntime_genai_answer_as_optimum(js_consumer, domain_dir / folder, messages)
     index = (storage_dir / "runs" / "useless" / "index.html").read_text()
     assert 'href="medical/report.html"' in index and "GATED" in index
 
@@ -94,13 +108,15 @@ def _published_folders_carry_their_contract(domain_dir, config_file, base):
 
     cfg = load_domain(config_file)
     listed = {o["key"] for o in json.loads((domain_dir / "manifest.json").read_text())["objects"]}
-    for kind in ("merged", "onnx"):
-        model = contract.read_contract(domain_dir / kind)
-        assert (model.kind, model.system_prompt, model.generation["max_new_tokens"]) == (kind, cfg.system_prompt, 24)
-        assert {f"{kind}/{f.name}" for f in model.files} | {f"{kind}/lorafleet_model.json"} <= listed
+    for folder, kind, variant in (("merged", "merged", None), ("onnx", "onnx", "fp32"), ("onnx-int4", "onnx", "int4")):
+        model = contract.read_contract(domain_dir / folder)
+        assert (model.kind, model.variant, model.system_prompt, model.generation["max_new_tokens"]) == (
+            kind, variant, cfg.system_prompt, 24)
+        assert {f"{folder}/{f.name}" for f in model.files} | {f"{folder}/lorafleet_model.json"} <= listed
         assert {"chat_template.jinja", "output_schema.json", "README.md", "generation_config.json"} <= \
             {f.name for f in model.files}
-        assert "GATED: failed release gate checks" in (domain_dir / kind / "README.md").read_text()
+        assert "GATED: failed release gate checks" in (domain_dir / folder / "README.md").read_text()
+    assert contract.read_contract(domain_dir / "onnx-int4").quantization.bits == 4
     adapter = json.loads((domain_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base)  # as the run configured it (--set base_model=PATH)
     assert "## Serving it" in (domain_dir / "adapter" / "README.md").read_text()

@@ -55,6 +55,10 @@ def test_chromium_renders_plots_tables_and_verdict_first(report_html, tmp_path):
     metrics = re.search(r'<table class="metrics metrics-test">.*?</table>', body, flags=re.DOTALL).group(0)
     gain = report.result.test.delta.metrics["schema_pass_rate"].value
     assert "schema_pass_rate" in metrics and f"{gain:+.3f}" in metrics and "onnx" in metrics
+    # the ONNX variants, one row each, the int4 row naming its failed check
+    variants = re.search(r'<table class="variants">.*?</table>', body, flags=re.DOTALL).group(0)
+    assert variants.count("<tr") == 1 + len(report.result.variants) and "onnx-int4" in variants
+    assert re.search(r'<span class="fail">FAIL: int4 schema_pass_rate at most 0.02 below fp32</span>', variants)
     assert "<script" not in body  # the user's <script> text stayed text
 
 

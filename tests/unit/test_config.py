@@ -191,6 +191,7 @@ def test_no_bundled_config_or_profile_sets_removed_fields():
 
 GPU_TRIALS = {"sweep": {"resources_per_trial": {"cpu": 1, "gpu": 0.5}}}
 CPU_FINISH = {"eval": {"resources": {"cpu": 1, "gpu": 0}}}
+FP16 = {"export": {"dtype": "fp16", "variants": ["fp16", "int4"]}}  # the bundled variants, from an fp16 export
 
 
 @pytest.mark.parametrize("overrides, problem", [
@@ -200,9 +201,9 @@ CPU_FINISH = {"eval": {"resources": {"cpu": 1, "gpu": 0}}}
      r"eval.resources a GPU fraction or set train.load_in_4bit: false"),
     (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": True}}),
      r"train.load_in_4bit: true .*eval.resources.gpu: 0"),
-    ({"export": {"dtype": "fp16"}}, r"export.dtype: fp16 exports on CUDA only .*\(sweep.resources_per_trial.gpu: 0, "
+    (FP16, r"export.dtype: fp16 exports on CUDA only .*\(sweep.resources_per_trial.gpu: 0, "
      r"which eval.resources defaults to\)"),
-    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}, "export": {"dtype": "fp16"}}),
+    (merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}}, FP16),
      r"export.dtype: fp16 .*\(eval.resources.gpu: 0\); use export.dtype: fp32"),
     ({"train": {"backend": "unsloth"}}, r"train.backend: unsloth needs CUDA in every trial, but "
      r"sweep.resources_per_trial.gpu is 0"),
@@ -240,9 +241,9 @@ def test_every_contradiction_is_named_in_one_message(domain_copy):
 
 @pytest.mark.parametrize("overrides", [
     GPU_TRIALS,  # the finishing task inherits the trials' GPU: 4-bit drift check and fp16 export both fine
-    merge_overrides(GPU_TRIALS, {"export": {"dtype": "fp16"}, "train": {"backend": "unsloth", "load_in_4bit": True}}),
+    merge_overrides(GPU_TRIALS, FP16, {"train": {"backend": "unsloth", "load_in_4bit": True}}),
     merge_overrides(GPU_TRIALS, CPU_FINISH, {"train": {"load_in_4bit": False}}),
-    {"export": {"dtype": "fp16", "onnx": False}},
+    merge_overrides(FP16, {"export": {"onnx": False}}),
     {"eval": {"text_fields": ["clause_type"]}, "gate": {"min": {"chrf": 10}}, "select": {"rule": [
         {"metric": "rouge_l", "mode": "max"}, {"metric": "train_seconds", "mode": "min"}]}},
 ])
