@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dest", help="new folder to create")
     fetch.add_argument("--storage", default=DEFAULT_STORAGE)
     fetch.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
-    fetch.add_argument("--artifact", default="onnx", choices=["onnx", "merged", "adapter"])
+    fetch.add_argument("--artifact", default="onnx",
+                       help="onnx (the export), onnx-VARIANT (e.g. onnx-int4), merged or adapter")
     pred = sub.add_parser("predict", help="answer with a domain's published ONNX model (onnxruntime only: no torch)")
     pred.add_argument("domain")
     asked = pred.add_mutually_exclusive_group(required=True)

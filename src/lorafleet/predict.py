@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorafleet import publish
+from lorafleet import export, publish
 from lorafleet.base_model import cache_root
 from lorafleet.contract import MODEL_JSON, ModelContract, read_contract, render_messages
 from lorafleet.export import onnx_graph
@@ -98,21 +98,18 @@ def model_folder(storage_uri: str, domain: str, run_id: str | None = None, varia
 
 
 def variant_folder(storage: publish.Storage, prefix: str, objects: list[dict[str, Any]], variant: str | None) -> str:
-    """The published folder of an ONNX variant: ``onnx`` holds the primary export, ``onnx-<variant>`` the others."""
-    folders = sorted({o["key"].split("/")[0] for o in objects if o["key"].split("/")[0].startswith(PRIMARY)})
+    """The published folder of an ONNX variant (``export.variant_folder``: ``onnx`` for the export itself,
+    ``onnx-<variant>`` for one built from it); None: the export itself."""
+    folders = {o["key"].split("/")[0] for o in objects}
     if PRIMARY not in folders:
         raise PredictError(f"{storage.url(prefix)}: no ONNX model published (export.onnx was off)")
-    primary = _variant_name(storage.read_json(f"{prefix}/{PRIMARY}/{MODEL_JSON}"))
-    if variant is None or variant == primary:
-        return PRIMARY
-    if f"{PRIMARY}-{variant}" in folders:
-        return f"{PRIMARY}-{variant}"
-    known = [primary, *(f.removeprefix(f"{PRIMARY}-") for f in folders if f != PRIMARY)]
-    raise PredictError(f"{storage.url(prefix)}: no ONNX variant {variant!r}; published: {', '.join(known)}")
-
-
-def _variant_name(contract: dict[str, Any]) -> str:
-    return contract.get("variant") or {"float32": "fp32", "float16": "fp16"}.get(contract["dtype"], contract["dtype"])
+    primary = storage.read_json(f"{prefix}/{PRIMARY}/{MODEL_JSON}")["variant"]
+    folder = PRIMARY if variant is None else export.variant_folder(variant, primary)
+    if folder not in folders:
+        known = sorted(f.removeprefix(f"{PRIMARY}-") if f != PRIMARY else primary
+                       for f in folders if f == PRIMARY or f.startswith(f"{PRIMARY}-"))
+        raise PredictError(f"{storage.url(prefix)}: no ONNX variant {variant!r}; published: {', '.join(known)}")
+    return folder
 
 
 def changed_files(folder: Path, wanted: dict[str, dict[str, Any]]) -> list[str]:

@@ -133,7 +133,7 @@ def test_answers_are_validated_as_evaluation_validates_them_and_written_whole(tm
 
 def test_predict_imports_no_training_library():
     """The consumer's modules load without torch, Ray or transformers (they are absent from the consumer install;
-    tests/integration/test_predict.py answers from a fresh venv that has only it)."""
+    tests/integration/test_predict_consumer.py answers from a fresh venv that has only it)."""
     code = ("import sys, lorafleet.cli, lorafleet.predict, lorafleet.contract, lorafleet.publish; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'ray', 'transformers', 'optimum', 'datasets', 'peft', 'trl', 'matplotlib')))")

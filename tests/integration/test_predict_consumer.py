@@ -24,14 +24,17 @@ RUN_ID, DOMAIN = "night-1", "contracts"
 
 @pytest.fixture(scope="module")
 def store(small_base, tmp_path_factory) -> Path:
-    """A storage root where run night-1 published (and promoted) the contracts domain: small_base exported to ONNX,
-    with its contract, as the pipeline writes it."""
+    """A storage root where run night-1 published (and promoted) the contracts domain: small_base exported to ONNX and
+    its int4 variant, with their contracts, as the pipeline writes them."""
     cfg = load_domain(DOMAINS_DIR / f"{DOMAIN}.yaml", {"base_model": str(small_base), "eval": {"max_new_tokens": 24}})
     prepared = prepare(cfg)
     work = tmp_path_factory.mktemp("published")
     export.to_onnx(small_base, work / "onnx")
+    export.build_variant(work / "onnx", work / "onnx-int4", "int4")
     result = DomainResult(name=DOMAIN, status="published", dataset_version=prepared.manifest.dataset_version)
-    contract.write_contract(work / "onnx", "onnx", cfg, prepared.schema, result, RUN_ID, prepared.split("test")[0])
+    for folder, variant in (("onnx", "fp32"), ("onnx-int4", "int4")):
+        contract.write_contract(work / folder, "onnx", cfg, prepared.schema, result, RUN_ID, prepared.split("test")[0],
+                                variant=variant)
     root = tmp_path_factory.mktemp("store")
     storage = publish.Storage(str(root))
     publish.publish_domain(storage, RUN_ID, DOMAIN, work, extra={"status": "published"})
@@ -125,8 +128,12 @@ def test_the_consumer_install_answers_a_file_and_refuses_bad_input(store, consum
     refused(f"{malformed}:2: Expecting value", "--file", str(malformed))
     refused("domain contracts has no published model", "--input", "x", "--storage", str(tmp_path / "empty"))
     refused("run night-9 did not publish domain contracts", "--input", "x", "--run", "night-9")
+    refused("no ONNX variant 'int8'; published: fp32, int4", "--input", "x", "--variant", "int8")
+    int4 = _predict(consumer_venv, "--storage", str(store), "--cache", str(cache), "--input", "x", "--variant", "int4")
+    assert int4.returncode in (0, 1) and json.loads(int4.stdout)["text"], int4.stderr  # the int4 folder answers
+    assert any(cache.rglob("onnx-int4/onnx/model.onnx"))
 
-    cached_graph = next(cache.rglob("model.onnx"))
+    cached_graph = next(p for p in cache.rglob("model.onnx") if p.parent.parent.name == "onnx")  # the export's
     cached_graph.write_bytes(cached_graph.read_bytes()[:-1] + b"\0")
     refused("onnx/model.onnx changed (sha256 differs)", "--input", "x")
     stored_graph = store / "runs" / RUN_ID / DOMAIN / "onnx" / "onnx" / "model.onnx"
