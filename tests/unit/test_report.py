@@ -55,7 +55,8 @@ def test_failed_domain_without_evaluation_still_renders(tmp_path):
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert md.startswith("# FAILED — contracts: error: every trial failed: OOM")
-    assert 'class="verdict v-failed"' in page and "<svg" not in page and "No loss curves per trial to plot" in page
+    # no trial plot; the data section's token-length histograms are the only figure
+    assert 'class="verdict v-failed"' in page and page.count("<svg") == 1 and "No loss curves per trial to plot" in page
     assert json.loads((tmp_path / "report.json").read_text())["result"]["status"] == "failed"
 
 
@@ -70,7 +71,7 @@ def test_loss_plot_drawn_when_only_train_loss_is_logged():
     trials = [t.model_copy(update={"history": [r for r in t.history if "loss" in r]}) for t in report.result.trials]
     report = report.model_copy(update={"result": report.result.model_copy(update={"trials": trials})})
     page = render_html(report)
-    assert page.count("<svg") == 3 and "no eval_loss logged" in page
+    assert page.count("<svg") == 3 + 1 and "no eval_loss logged" in page  # + the data section's token lengths
 
 
 def test_index_links_every_report_and_names_failed_checks():
