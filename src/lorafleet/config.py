@@ -43,8 +43,9 @@ class NearDuplicateConfig(_Strict):
         "words", description="words: runs of letters and digits of the NFKC-normalised, casefolded text (case, "
         "punctuation and spacing are ignored); characters: for scripts written without spaces (Thai, Chinese, "
         "Japanese), characters of that text with whitespace collapsed.")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more finds candidates near the "
-                          "threshold more surely, slower.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations. The LSH bands are chosen so that a "
+                          "pair at the threshold is a candidate at least 99.5 % of the time; more permutations keep "
+                          "pairs far under it from being candidates to confirm, and cost more hashing.")
 
 
 class LengthBounds(_Strict):
