@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,25 +91,52 @@ def resolve_base_model(ref: str) -> str:
     return ref
 
 
+@dataclass(frozen=True)
+class TokenCounter:
+    """A base model's prompt and token count, as training sees them: ``prompt`` renders the messages with its chat
+    template (the assistant's turn opened), ``count`` gives each text's number of tokens (no special tokens added)."""
+
+    prompt: Callable[[list[dict[str, str]]], str]
+    count: Callable[[list[str]], list[int]]
+
+
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(ref: str, trust_remote_code: bool = False):
-    """The base model's tokenizer alone, as cheaply as it comes (data preparation measures token lengths with it):
-    ``tiny`` and ``random:`` bases share the embedded tokenizer, trained once on the corpus and cached (seconds; the
-    tiny model's own copy when that is built); ``gguf:`` the tokenizer the file holds (the dequantized folder's when
-    cached; no weights are dequantized for it); anything else from its hub id or folder (tokenizer files only)."""
+def token_counter(ref: str, trust_remote_code: bool = False) -> TokenCounter:
+    """The base model's tokenizer alone, as cheaply as it comes (data preparation measures lengths with it): ``tiny``
+    and ``random:`` bases share the embedded tokenizer, trained once on the corpus and cached (seconds; the tiny
+    model's own copy when that is built), read with ``tokenizers`` and its template rendered as transformers renders
+    it (``prompt.render_chat``), without importing transformers; ``gguf:`` the tokenizer the file holds (the
+    dequantized folder's when cached; no weights are dequantized for it); anything else from its hub id or folder
+    (tokenizer files only)."""
+    if ref == "tiny" or ref.startswith(RANDOM_PREFIX):
+        from tokenizers import Tokenizer
+
+        from lorafleet.prompt import render_chat
+
+        backend = Tokenizer.from_file(str(ensure_tiny_tokenizer() / "tokenizer.json"))
+        special = {"eos_token": "<|im_end|>", "pad_token": "<|pad|>"}  # as build_tokenizer names them
+        return TokenCounter(prompt=lambda messages: render_chat(CHAT_TEMPLATE, messages, special),
+                            count=lambda texts: [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)])
     from transformers import AutoTokenizer
 
-    if ref == "tiny" or ref.startswith(RANDOM_PREFIX):
-        return AutoTokenizer.from_pretrained(str(ensure_tiny_tokenizer()))
+    from lorafleet.prompt import prompt_text
+
     if ref.startswith(GGUF_PREFIX):
         from lorafleet.lineage import sha256_file  # lineage imports this module
 
         gguf_file = locate_gguf(ref[len(GGUF_PREFIX):])
         cached = cache_root() / f"gguf-{sha256_file(gguf_file)[:16]}"
-        if (cached / "config.json").is_file():
-            return AutoTokenizer.from_pretrained(str(cached))
-        return AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False)
-    return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        tokenizer = (AutoTokenizer.from_pretrained(str(cached)) if (cached / "config.json").is_file() else
+                     AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's: ids without offsets, quicker
+
+    def count(texts: list[str]) -> list[int]:
+        if backend is not None:
+            return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return TokenCounter(prompt=lambda messages: prompt_text(tokenizer, messages), count=count)
 
 
 def ensure_tiny_tokenizer(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS, root: Path | None = None) -> Path:

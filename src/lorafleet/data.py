@@ -19,7 +19,7 @@ import fsspec
 import jsonschema
 
 from lorafleet import governance
-from lorafleet.base_model import load_tokenizer
+from lorafleet.base_model import TokenCounter, token_counter
 from lorafleet.config import DomainConfig
 from lorafleet.prompt import record_turns, with_system_prompt
 
@@ -208,9 +208,8 @@ def dataset_version(splits: dict[str, list[Example]]) -> str:
     return digest.hexdigest()
 
 
-def prepare(cfg: DomainConfig, out_dir: str | Path | None = None, tokenizer=None) -> PreparedData:
-    """Read, validate, govern and split one domain's data; write the splits, drops and manifest to out_dir.
-    ``tokenizer``: the base model's, when the caller has it (else loaded if data.measure_tokens)."""
+def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedData:
+    """Read, validate, govern and split one domain's data; write the splits, drops and manifest to out_dir."""
     examples, n_read = load_examples(cfg)
     schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
     quality, drops = cfg.data.quality, []
@@ -222,8 +221,7 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None, tokenizer=None
         drops += dropped
     lengths = None
     if cfg.data.measure_tokens:
-        tokenizer = tokenizer or load_tokenizer(cfg.base_model_ref, cfg.trust_remote_code)
-        lengths = governance.measure_tokens(examples, tokenizer)
+        lengths = governance.measure_tokens(examples, _token_counter(cfg))
         examples, dropped = governance.drop_by_length(examples, lengths, quality, cfg.train.max_seq_length)
         drops += dropped
     splits = split_by_group(examples, cfg.data.splits, cfg.data.seed)
@@ -251,6 +249,15 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None, tokenizer=None
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     return prepared
+
+
+def _token_counter(cfg: DomainConfig) -> TokenCounter:
+    try:
+        return token_counter(cfg.base_model_ref, cfg.trust_remote_code)
+    except Exception as exc:  # whatever stops it: a hub out of reach, a file without a tokenizer, a missing package
+        raise DataError(f"{cfg.source_file}: base_model {cfg.base_model!r}: its tokenizer did not load "
+                        f"({type(exc).__name__}: {exc}); data.measure_tokens needs it (token lengths, truncation): "
+                        "set data.measure_tokens: false to prepare the data without them") from exc
 
 
 # ---- what the manifest and report show of the kept records ---------------------------------------------------

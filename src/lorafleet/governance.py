@@ -14,16 +14,19 @@ of the two shingle sets, recomputed from the two texts, so no shingle set is hel
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 import unicodedata
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+import numpy as np
 
+from lorafleet.base_model import TokenCounter
 from lorafleet.config import NearDuplicateConfig, QualityConfig
 from lorafleet.metrics import grounding
 
@@ -182,17 +185,15 @@ class TokenLengths:
         return self.prompt + self.answer
 
 
-def measure_tokens(examples: list[Example], tokenizer, batch_size: int = 1024) -> dict[str, TokenLengths]:
-    """Token lengths by record id, in batches (the fast tokenizer encodes a batch on its own threads)."""
-    from lorafleet.prompt import prompt_text
-
+def measure_tokens(examples: list[Example], counter: TokenCounter, batch_size: int = 1024) -> dict[str, TokenLengths]:
+    """Token lengths by record id, in batches (the tokenizer encodes a batch on all cores)."""
     lengths: dict[str, TokenLengths] = {}
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
-        prompts = tokenizer([prompt_text(tokenizer, e.prompt) for e in batch], add_special_tokens=False)["input_ids"]
-        answers = tokenizer([e.completion for e in batch], add_special_tokens=False)["input_ids"]
+        prompts = counter.count([counter.prompt(e.prompt) for e in batch])
+        answers = counter.count([e.completion for e in batch])
         for e, p, a in zip(batch, prompts, answers):
-            lengths[e.id] = TokenLengths(len(p), len(a) + 1)  # + the end token, as training appends it
+            lengths[e.id] = TokenLengths(p, a + 1)  # + the end token, as training appends it
     return lengths
 
 
@@ -230,8 +231,7 @@ def dedup_exact(examples: list[Example]) -> tuple[list[Example], list[Drop]]:
 
 
 def normalise_text(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"\s+", " ", text).strip()
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def drop_cross_split_leaks(splits: dict[str, list[Example]],
@@ -265,30 +265,67 @@ def drop_cross_split_leaks(splits: dict[str, list[Example]],
 
 
 _WORD = re.compile(r"\w+")
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def shingles(text: str, cfg: NearDuplicateConfig) -> set[str]:
-    """The text's shingles: shingle_size consecutive words (or characters) of its normalised form."""
-    text = normalise_text(text)
-    units: Sequence[str] = _WORD.findall(text) if cfg.shingle_unit == "words" else text
-    joiner = " " if cfg.shingle_unit == "words" else ""
-    k = cfg.shingle_size
-    if not units:
-        return set()
-    if len(units) <= k:
-        return {joiner.join(units)}
-    return {joiner.join(units[i:i + k]) for i in range(len(units) - k + 1)}
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over an array (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
+class Shingler:
+    """A text's shingles, as the sorted distinct 64-bit hashes of shingle_size consecutive units (words: runs of
+    letters and digits; or characters) of its NFKC-normalised, casefolded form; a text shorter than that is one
+    shingle. Words are hashed once each (blake2b) and remembered; a shingle's hash mixes its units' in order."""
+
+    def __init__(self, cfg: NearDuplicateConfig):
+        self.cfg = cfg
+        self._words: dict[str, int] = {}
+        self._weights = _mix64(np.arange(1, cfg.shingle_size + 1, dtype=np.uint64)) | np.uint64(1)
+
+    def _codes(self, text: str) -> np.ndarray:
+        text = unicodedata.normalize("NFKC", text).casefold()
+        if self.cfg.shingle_unit == "characters":
+            return np.frombuffer(" ".join(text.split()).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        words, known = _WORD.findall(text), self._words.get
+        codes = [known(w) for w in words]
+        if None in codes:
+            for i, word in enumerate(words):
+                if codes[i] is None:
+                    codes[i] = self._words[word] = int.from_bytes(
+                        hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        return np.array(codes, dtype=np.uint64)
+
+    def hashes(self, text: str) -> np.ndarray:
+        """Every shingle's hash, in text order, repeats kept (unmixed: ``__call__`` and the signatures mix them)."""
+        codes = self._codes(text)
+        n = len(codes)
+        if n == 0:
+            return codes
+        k = min(self.cfg.shingle_size, n)
+        hashes = np.full(n - k + 1, k, dtype=np.uint64)
+        for j in range(k):
+            hashes += codes[j:n - k + 1 + j] * self._weights[j]
+        return hashes
+
+    def __call__(self, text: str) -> np.ndarray:
+        return np.unique(_mix64(self.hashes(text)))
 
 
-def _crc32(shingle: bytes) -> int:
-    return zlib.crc32(shingle)  # deterministic across processes (Python's hash is salted), 32 bits as affine32 wants
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Of two shingle sets (sorted distinct hashes)."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - common
+    return common / union if union else 0.0
 
 
 LSH_RECALL = 0.995  # the least chance that a pair exactly at the threshold becomes a candidate
+SIGNATURE_BATCH = 256  # records whose MinHash signatures are computed at once (numpy), then indexed one by one
+CONFIRM_CACHE = 4096  # shingle sets of candidates kept for the next confirmation
 
 
 def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tuple[int, int]:
@@ -304,43 +341,84 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tu
 
 
 class ShingleIndex:
-    """The records added so far, by key, in a MinHash LSH index; ``matches`` confirms every LSH candidate by the
-    exact Jaccard of the two texts' shingle sets. Only the MinHash band keys and the texts are kept."""
+    """Records, keyed by the order they were added (0, 1, ...), in datasketch's MinHashLSH. ``matches`` takes the
+    LSH's candidates, keeps those whose signatures agree on at least threshold - PREFILTER_SIGMAS standard deviations
+    of the permutations (a pair at the threshold is kept but for a chance under 1e-6), and confirms each by the exact
+    Jaccard of the two shingle sets, the candidate's recomputed from its text. Kept per record: its text, its LSH band
+    keys and its signature (num_perm 32-bit values), no shingle set. Signatures are datasketch's affine32 MinHash
+    (its permutations) of the shingle hashes, computed for SIGNATURE_BATCH records at a time with numpy (``scan``)."""
+
+    PREFILTER_SIGMAS = 5.0
 
     def __init__(self, cfg: NearDuplicateConfig):
         from datasketch import MinHash, MinHashLSH
 
-        self.cfg = cfg
-        self._empty = MinHash(num_perm=cfg.num_perm, seed=1, hashfunc=_crc32)  # copied: permutations made once
+        self.cfg, self.shingles = cfg, Shingler(cfg)
+        a, b = MinHash(num_perm=cfg.num_perm, seed=1, scheme="affine32").permutations
+        self._a, self._b = np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
         self._lsh = MinHashLSH(num_perm=cfg.num_perm, params=lsh_bands(cfg.threshold, cfg.num_perm))
-        self._texts: dict[Any, str] = {}
+        self._texts: list[str] = []
+        self._signatures = np.zeros((1024, cfg.num_perm), dtype=np.uint32)
+        t = cfg.threshold
+        self._agreement = t - self.PREFILTER_SIGMAS * (t * (1 - t) / cfg.num_perm) ** 0.5
+        # the shingle sets of records confirmed against lately (templated data brings the same ones back)
+        self._set_of = functools.lru_cache(maxsize=CONFIRM_CACHE)(lambda key: self.shingles(self._texts[key]))
 
-    def _minhash(self, units: set[str]):
-        m = self._empty.copy()
-        m.update_batch([s.encode("utf-8") for s in units])
-        return m
+    def _minhashes(self, batch: list[np.ndarray]) -> list[Any]:
+        """The MinHash of each text's shingle hashes (``Shingler.hashes``), all at once."""
+        from datasketch import LeanMinHash
 
-    def add(self, key: Any, text: str, units: set[str] | None = None, minhash=None) -> None:
-        units = shingles(text, self.cfg) if units is None else units
-        if not units:
-            return
-        self._lsh.insert(key, minhash if minhash is not None else self._minhash(units), check_duplication=False)
-        self._texts[key] = text
+        sizes = [len(h) for h in batch]
+        if not any(sizes):
+            return [None] * len(batch)
+        flat = _mix64(np.concatenate(batch))
+        folded = ((flat >> np.uint64(32)) ^ (flat & np.uint64(0xFFFFFFFF))).astype(np.uint32)
+        permuted = folded[:, None] * self._a[None, :] + self._b[None, :]  # a*h + b mod 2^32: affine32
+        starts = np.cumsum([0, *(n for n in sizes if n)])[:-1]
+        rows = iter(np.minimum.reduceat(permuted, starts, axis=0))
+        return [LeanMinHash(seed=1, hashvalues=next(rows), scheme="affine32") if n else None for n in sizes]
 
-    def matches(self, text: str, units: set[str] | None = None) -> tuple[list[tuple[Any, float]], Any]:
-        """The keys whose text is a near-duplicate of ``text`` (Jaccard >= threshold), most similar first, with the
-        text's MinHash (to ``add`` it without hashing again)."""
-        units = shingles(text, self.cfg) if units is None else units
-        if not units:
-            return [], None
-        minhash = self._minhash(units)
-        found = []
-        for key in self._lsh.query(minhash):
-            similarity = jaccard(units, shingles(self._texts[key], self.cfg))
+    def scan(self, texts: Iterable[str]) -> Iterator[tuple[np.ndarray, Any]]:
+        """(shingle hashes, MinHash or None for a text without shingles) of each text, in order, computed a batch at
+        a time as they are consumed."""
+        batch: list[np.ndarray] = []
+        for text in texts:
+            batch.append(self.shingles.hashes(text))
+            if len(batch) == SIGNATURE_BATCH:
+                yield from zip(batch, self._minhashes(batch))
+                batch = []
+        if batch:
+            yield from zip(batch, self._minhashes(batch))
+
+    def add(self, text: str, minhash) -> int:
+        """Index the text (its MinHash from ``scan``); its key."""
+        key = len(self._texts)
+        self._texts.append(text)
+        if minhash is not None:
+            if key == len(self._signatures):
+                self._signatures = np.concatenate([self._signatures, np.zeros_like(self._signatures)])
+            self._signatures[key] = minhash.hashvalues
+            self._lsh.insert(key, minhash, check_duplication=False)
+        return key
+
+    def matches(self, hashes: np.ndarray, minhash) -> list[tuple[int, float]]:
+        """The keys of the records whose text is a near-duplicate (Jaccard >= threshold) of the text whose shingle
+        hashes and MinHash ``scan`` gave, most similar first."""
+        if minhash is None:
+            return []
+        candidates = np.fromiter(self._lsh.query(minhash), dtype=np.int64)
+        if not len(candidates):
+            return []
+        agreement = (self._signatures[candidates] == minhash.hashvalues).mean(axis=1)
+        candidates = candidates[agreement >= self._agreement]
+        if not len(candidates):
+            return []
+        units, found = np.unique(_mix64(hashes)), []
+        for key in sorted(candidates.tolist()):
+            similarity = jaccard(units, self._set_of(key))
             if similarity >= self.cfg.threshold:
                 found.append((key, similarity))
-        found.sort(key=lambda kv: -kv[1])
-        return found, minhash
+        return sorted(found, key=lambda kv: -kv[1])
 
 
 def drop_near_duplicates(splits: dict[str, list[Example]], golden: Sequence[Example],
@@ -354,35 +432,32 @@ def drop_near_duplicates(splits: dict[str, list[Example]], golden: Sequence[Exam
     out: dict[str, list[Example]] = {name: [] for name in splits}
     drops: list[Drop] = []
     pairs: list[NearPair] = []
-    for split, examples in (("golden", golden), ("val", splits["val"]), ("test", splits["test"]),
-                            ("train", splits["train"])):
-        for e in examples:
-            units = shingles(e.user_text, cfg)
-            found, minhash = index.matches(e.user_text, units)
-            near = [(records[key][0], records[key][1], sim) for key, sim in found]
-            if split == "golden":  # the hand-written set is checked, not deduplicated
-                near = []
-            eval_hit = next(((s, o, sim) for s, o, sim in near if s in EVAL_SPLITS), None) if split == "train" else None
-            same_hit = next(((s, o, sim) for s, o, sim in near if s == split), None)
-            if eval_hit is not None:
-                s, other, sim = eval_hit
-                drops.append(_drop(e, "cross_split_leak", f"train prompt near {s} line {other.line} (group "
-                                                          f"{other.group}, Jaccard {sim:.2f})", split))
-                action = f"dropped from train (near {s})"
-            elif same_hit is not None:
-                s, other, sim = same_hit
-                drops.append(_drop(e, "near_duplicate", f"near line {other.line} of {s} (group {other.group}, "
-                                                        f"Jaccard {sim:.2f})", split))
-                action = f"later copy dropped from {split}"
-            else:
-                action = "kept both (evaluation records are never dropped for another split's)" if near else ""
-                if split != "golden":
-                    out[split].append(e)
-                index.add(len(records), e.user_text, units, minhash)
-                records.append((split, e))
-            for s, other, sim in near:
-                if other.group != e.group:
-                    pairs.append(NearPair(_ref(e, split), _ref(other, s), round(sim, 4), action))
+    order = [(split, e) for split, examples in (("golden", golden), ("val", splits["val"]), ("test", splits["test"]),
+                                                 ("train", splits["train"])) for e in examples]
+    for (split, e), (hashes, minhash) in zip(order, index.scan(e.user_text for _, e in order)):
+        # the hand-written golden set is indexed, not deduplicated
+        near = [(*records[key], sim) for key, sim in index.matches(hashes, minhash)] if split != "golden" else []
+        eval_hit = next(((s, o, sim) for s, o, sim in near if s in EVAL_SPLITS), None) if split == "train" else None
+        same_hit = next(((s, o, sim) for s, o, sim in near if s == split), None)
+        if eval_hit is not None:
+            s, other, sim = eval_hit
+            drops.append(_drop(e, "cross_split_leak", f"train prompt near {s} line {other.line} (group "
+                                                      f"{other.group}, Jaccard {sim:.2f})", split))
+            action = f"dropped from train (near {s})"
+        elif same_hit is not None:
+            s, other, sim = same_hit
+            drops.append(_drop(e, "near_duplicate", f"near line {other.line} of {s} (group {other.group}, "
+                                                    f"Jaccard {sim:.2f})", split))
+            action = f"later copy dropped from {split}"
+        else:
+            action = "kept both (evaluation records are never dropped for another split's)" if near else ""
+            if split != "golden":
+                out[split].append(e)
+            index.add(e.user_text, minhash)
+            records.append((split, e))
+        for s, other, sim in near:
+            if other.group != e.group:
+                pairs.append(NearPair(_ref(e, split), _ref(other, s), round(sim, 4), action))
     return {name: out[name] for name in ("train", "val", "test")}, drops, pairs
 
 
@@ -396,14 +471,13 @@ def cross_domain_near_duplicates(train: dict[str, list[Example]], evaluation: di
         if cfg is not None:
             by_settings.setdefault(cfg, []).append(name)
     for cfg, domains in by_settings.items():
-        index, records = ShingleIndex(cfg), []
-        for name, examples in evaluation.items():
-            for split, e in examples:
-                index.add(len(records), e.user_text)
-                records.append((name, split, e))
+        index = ShingleIndex(cfg)
+        records = [(name, split, e) for name, examples in evaluation.items() for split, e in examples]
+        for (_, _, e), (_, minhash) in zip(records, index.scan(e.user_text for _, _, e in records)):
+            index.add(e.user_text, minhash)
         for name in domains:
-            for e in train[name]:
-                for key, sim in index.matches(e.user_text)[0]:
+            for e, (hashes, minhash) in zip(train[name], index.scan(e.user_text for e in train[name])):
+                for key, sim in index.matches(hashes, minhash):
                     other_domain, split, other = records[key]
                     if other_domain != name:
                         found[name].append(CrossDomainMatch(_ref(e, "train"), other_domain, _ref(other, split),

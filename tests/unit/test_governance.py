@@ -28,18 +28,20 @@ LONG = ("The parties agree that the supplier shall deliver the goods described i
 
 
 def test_shingles_ignore_case_punctuation_and_spacing_and_a_paraphrase_stays_near():
-    a, b = governance.shingles(LONG, ND), governance.shingles(paraphrase(LONG), ND)
-    assert governance.shingles("A  b, C d; e!", ND) == {"a b c d e"}  # shorter than a shingle: one shingle
+    shingles = governance.Shingler(ND)
+    a, b = shingles(LONG), shingles(paraphrase(LONG))
+    assert list(shingles("A  b, C d; e!")) == list(shingles("a b c d e")) and len(shingles("a b c d e")) == 1
+    assert len(shingles("a b c d e f")) == 2 and len(shingles("")) == 0
     assert 0.9 <= governance.jaccard(a, b) < 1
     assert governance.normalise_text(LONG) != governance.normalise_text(paraphrase(LONG))  # not an exact copy
     # a word swapped mid-text moves five 5-word shingles: near at a lower threshold
     swapped = LONG.replace("warehouse", "depot")
-    assert 0.8 <= governance.jaccard(a, governance.shingles(swapped, ND)) < 0.9
+    assert 0.8 <= governance.jaccard(a, shingles(swapped)) < 0.9
     kept, drops, _ = governance.drop_near_duplicates(
         {"train": [_ex(1, "g1", LONG), _ex(2, "g2", swapped)], "val": [], "test": []}, [], NearDuplicateConfig(threshold=0.7))
     assert [e.line for e in kept["train"]] == [1] and drops[0].reason == "near_duplicate"
-    thai = NearDuplicateConfig(shingle_unit="characters", shingle_size=3)
-    assert governance.shingles("กขคง", thai) == {"กขค", "ขคง"}  # no spaces: characters
+    thai = governance.Shingler(NearDuplicateConfig(shingle_unit="characters", shingle_size=3))
+    assert len(thai("กขคง")) == 2 and governance.jaccard(thai("กขคง"), thai("กขคจ")) == 1 / 3  # no spaces: characters
 
 
 def test_near_duplicates_within_and_across_splits_and_groups():
@@ -243,3 +245,20 @@ def test_metadata_must_be_an_object_and_names_file_and_line(domain_copy):
 def test_governance_settings_that_cannot_work_are_refused_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_domain(DOMAINS_DIR / "contracts.yaml", overrides)
+
+
+def test_the_embedded_token_counter_counts_as_transformers_does():
+    """tiny's lengths are measured without transformers (tokenizers and the template rendered as transformers does):
+    the same prompt text and token counts as the tokenizer training uses."""
+    from transformers import AutoTokenizer
+
+    from lorafleet.base_model import ensure_tiny_tokenizer, token_counter
+    from lorafleet.prompt import prompt_text
+
+    tokenizer, counter = AutoTokenizer.from_pretrained(str(ensure_tiny_tokenizer())), token_counter("tiny")
+    for name in ("contracts", "medical", "story_summary"):
+        examples = prepare(load_domain(DOMAINS_DIR / f"{name}.yaml", {"data": {"measure_tokens": False}})).test[:5]
+        prompts = [prompt_text(tokenizer, e.prompt) for e in examples]
+        assert [counter.prompt(e.prompt) for e in examples] == prompts
+        texts = [*prompts, *(e.completion for e in examples)]
+        assert counter.count(texts) == [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
