@@ -8,15 +8,17 @@ after the split    cross_split_leak (a training record whose user text is an eva
                    near; a test record whose user text is a validation record's), near_duplicate (a later near
                    copy within a split)
 
-Near-duplicates: the user text's shingles (NFKC, casefolded; words or characters) are MinHashed (datasketch) and
-looked up in an LSH index of the records kept so far; each candidate is confirmed by the exact Jaccard similarity
-of the two shingle sets, recomputed from the two texts, so no shingle set is held beyond its record's turn.
+Near-duplicates (``drop_near_duplicates``, ``cross_domain_near_duplicates``): the user text's shingles (NFKC,
+casefolded; words or characters; hashed) are MinHashed and looked up in datasketch's LSH index of the records kept so
+far, in one streaming pass; each candidate is confirmed by the exact Jaccard similarity of the two shingle sets,
+recomputed from the texts, so no shingle set is held beyond its record's turn (``ShingleIndex``).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -340,15 +342,29 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tu
     return num_perm, 1
 
 
+def agreement_floor(jaccard: float, num_perm: int, chance: float) -> float:
+    """The least share of equal MinHash values to ask of a candidate: a pair of this Jaccard similarity shows less
+    with probability ``chance`` at most (each of the num_perm values agrees with probability ``jaccard``)."""
+    if jaccard >= 1:
+        return 1.0
+    below = 0.0
+    for k in range(num_perm + 1):
+        below += math.exp(math.lgamma(num_perm + 1) - math.lgamma(k + 1) - math.lgamma(num_perm - k + 1)
+                          + k * math.log(jaccard) + (num_perm - k) * math.log1p(-jaccard))
+        if below > chance:
+            return k / num_perm
+    return 1.0
+
+
 class ShingleIndex:
     """Records, keyed by the order they were added (0, 1, ...), in datasketch's MinHashLSH. ``matches`` takes the
-    LSH's candidates, keeps those whose signatures agree on at least threshold - PREFILTER_SIGMAS standard deviations
-    of the permutations (a pair at the threshold is kept but for a chance under 1e-6), and confirms each by the exact
+    LSH's candidates, keeps those whose signatures agree on enough permutations that a pair at the threshold is
+    dropped here with a chance under PREFILTER_MISS (binomial), and confirms each by the exact
     Jaccard of the two shingle sets, the candidate's recomputed from its text. Kept per record: its text, its LSH band
     keys and its signature (num_perm 32-bit values), no shingle set. Signatures are datasketch's affine32 MinHash
     (its permutations) of the shingle hashes, computed for SIGNATURE_BATCH records at a time with numpy (``scan``)."""
 
-    PREFILTER_SIGMAS = 5.0
+    PREFILTER_MISS = 1e-6
 
     def __init__(self, cfg: NearDuplicateConfig):
         from datasketch import MinHash, MinHashLSH
@@ -359,8 +375,7 @@ class ShingleIndex:
         self._lsh = MinHashLSH(num_perm=cfg.num_perm, params=lsh_bands(cfg.threshold, cfg.num_perm))
         self._texts: list[str] = []
         self._signatures = np.zeros((1024, cfg.num_perm), dtype=np.uint32)
-        t = cfg.threshold
-        self._agreement = t - self.PREFILTER_SIGMAS * (t * (1 - t) / cfg.num_perm) ** 0.5
+        self._agreement = agreement_floor(cfg.threshold, cfg.num_perm, self.PREFILTER_MISS)
         # the shingle sets of records confirmed against lately (templated data brings the same ones back)
         self._set_of = functools.lru_cache(maxsize=CONFIRM_CACHE)(lambda key: self.shingles(self._texts[key]))
 
