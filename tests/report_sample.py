@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from lorafleet import data, evaluate, gate, history, metrics, publish, report, select
 from lorafleet.config import VariantGate, load_domain
 from lorafleet.export import Drift, Parity, Speed
+from lorafleet.governance import CrossDomainMatch, Drop, NearPair, RecordRef
 from lorafleet.lineage import Lineage, config_sha256, config_snapshot
 from lorafleet.pipeline import ModelScores, compare
 from lorafleet.results import DomainResult, FinishTimings, RunSummary, TrialOutcome, VariantResult
@@ -95,7 +96,14 @@ def sample_report() -> report.DomainReport:
                       golden_records=len(prepared.golden), seeds={"data": 17}, base_model="tiny",
                       base_model_sha256=None, winner=HParams(16, 1e-3, 3),
                       trial_count=3, backend="peft", merged_sha256=None)
-    manifest.drops.append({"line": 7, "reason": f"invalid JSON {XSS}"})
+    manifest.drops.append(Drop(id="0123456789abcdef", line=7, group="C-7", reason="not_json",
+                               detail=f"answer is not valid JSON {XSS}"))
+    manifest.drops_by_reason["not_json"] = 1
+    near = RecordRef(id="fedcba9876543210", line=12, group=f"C-{XSS}", split="val")
+    manifest.possible_leaks.append(NearPair(record=RecordRef(id="00ff", line=40, group="C-40", split="test"),
+                                            earlier=near, jaccard=0.93, action="kept both"))
+    manifest.cross_domain.append(CrossDomainMatch(record=RecordRef(id="11ee", line=3, group="C-3", split="train"),
+                                                  domain="legal", other=near, jaccard=0.91))
     return report.DomainReport(run_id="20260101-0300", description=cfg.description, base_model=cfg.base_model,
                                result=result, selection=selection,
                                failing_examples=report.failing_examples(tuned.test.answers), data=manifest,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,6 +89,67 @@ def resolve_base_model(ref: str) -> str:
     if ref.startswith(GGUF_PREFIX):
         return str(ensure_gguf_base(locate_gguf(ref[len(GGUF_PREFIX):])))
     return ref
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """A base model's prompt and token count, as training sees them: ``prompt`` renders the messages with its chat
+    template (the assistant's turn opened), ``count`` gives each text's number of tokens (no special tokens added)."""
+
+    prompt: Callable[[list[dict[str, str]]], str]
+    count: Callable[[list[str]], list[int]]
+
+
+@functools.lru_cache(maxsize=4)
+def token_counter(ref: str, trust_remote_code: bool = False) -> TokenCounter:
+    """The base model's tokenizer alone, as cheaply as it comes (data preparation measures lengths with it): ``tiny``
+    and ``random:`` bases share the embedded tokenizer, trained once on the corpus and cached (seconds; the tiny
+    model's own copy when that is built), read with ``tokenizers`` and its template rendered as transformers renders
+    it (``prompt.render_chat``), without importing transformers; ``gguf:`` the tokenizer the file holds (the
+    dequantized folder's when cached; no weights are dequantized for it); anything else from its hub id or folder
+    (tokenizer files only)."""
+    if ref == "tiny" or ref.startswith(RANDOM_PREFIX):
+        from tokenizers import Tokenizer
+
+        from lorafleet.prompt import render_chat
+
+        backend = Tokenizer.from_file(str(ensure_tiny_tokenizer() / "tokenizer.json"))
+        special = {"eos_token": "<|im_end|>", "pad_token": "<|pad|>"}  # as build_tokenizer names them
+        return TokenCounter(prompt=lambda messages: render_chat(CHAT_TEMPLATE, messages, special),
+                            count=lambda texts: [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)])
+    from transformers import AutoTokenizer
+
+    from lorafleet.prompt import prompt_text
+
+    if ref.startswith(GGUF_PREFIX):
+        from lorafleet.lineage import sha256_file  # lineage imports this module
+
+        gguf_file = locate_gguf(ref[len(GGUF_PREFIX):])
+        cached = cache_root() / f"gguf-{sha256_file(gguf_file)[:16]}"
+        tokenizer = (AutoTokenizer.from_pretrained(str(cached)) if (cached / "config.json").is_file() else
+                     AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's: ids without offsets, quicker
+
+    def count(texts: list[str]) -> list[int]:
+        if backend is not None:
+            return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return TokenCounter(prompt=lambda messages: prompt_text(tokenizer, messages), count=count)
+
+
+def ensure_tiny_tokenizer(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS, root: Path | None = None) -> Path:
+    """A folder with the embedded tokenizer (the one ``build_tiny_base`` and ``build_shaped_base`` train): the tiny
+    base's own when it is built, else trained alone into the cache."""
+    corpus_bytes = Path(corpus).read_bytes()
+    tiny = Path(root or cache_root()) / f"tiny-base-{_tiny_key(spec, corpus_bytes)}"
+    if (tiny / "config.json").is_file():
+        return tiny
+    key = hashlib.sha256(json.dumps({"vocab_size": spec.vocab_size}).encode() + corpus_bytes).hexdigest()[:16]
+
+    return _build_once(Path(root or cache_root()), f"tiny-tokenizer-{key}", lambda out: build_tokenizer(
+        corpus_documents(corpus_bytes.decode("utf-8")), spec.vocab_size).save_pretrained(out), done="tokenizer.json")
 
 
 class GGUFError(ValueError):
@@ -199,20 +262,23 @@ def ensure_tiny_base(spec: TinySpec = TinySpec(), corpus: Path = DEFAULT_CORPUS,
                      root: Path | None = None) -> Path:
     """Build the tiny base model into the cache unless it is there; safe to call from many processes."""
     corpus_bytes = Path(corpus).read_bytes()
-    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + corpus_bytes).hexdigest()[:16]
-    return _build_once(Path(root or cache_root()), f"tiny-base-{key}",
+    return _build_once(Path(root or cache_root()), f"tiny-base-{_tiny_key(spec, corpus_bytes)}",
                        lambda out: build_tiny_base(out, spec, corpus_bytes.decode("utf-8")))
 
 
-def _build_once(root: Path, name: str, build) -> Path:
-    """``root/name``, built by ``build(staging_dir)`` unless it is there: under a file lock, so that
+def _tiny_key(spec: TinySpec, corpus_bytes: bytes) -> str:
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode() + corpus_bytes).hexdigest()[:16]
+
+
+def _build_once(root: Path, name: str, build, done: str = "config.json") -> Path:
+    """``root/name``, built by ``build(staging_dir)`` unless it is there (holds ``done``): under a file lock, so that
     concurrent trial processes build it once, and renamed into place whole, so that none sees half of it."""
     target = root / name
-    if (target / "config.json").is_file():
+    if (target / done).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     with _file_lock(root / f".{name}.lock"):
-        if not (target / "config.json").is_file():
+        if not (target / done).is_file():
             staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
             try:
                 build(staging)

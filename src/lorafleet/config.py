@@ -28,6 +28,67 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NearDuplicateConfig(_Strict):
+    """Near-duplicate records by the Jaccard similarity of their user text's shingle sets (MinHash + LSH finds the
+    candidates, each is confirmed by its exact Jaccard). Within a split the later copy is dropped (near_duplicate);
+    a training record near an evaluation record (validation, test, golden) is dropped from train (cross_split_leak),
+    never the evaluation record; a pair across two groups is also reported as possible leakage."""
+
+    threshold: float = Field(
+        0.9, gt=0, le=1, description="Jaccard similarity at or above which two records are near-duplicates. A long "
+        "input differing from another in a few values (whose answers then differ) can reach 0.9: raise it, or set "
+        "near_duplicates: null, where such records are the point.")
+    shingle_size: int = Field(5, ge=1, le=64, description="Units per shingle (a text shorter than this is one "
+                              "shingle).")
+    shingle_unit: Literal["words", "characters"] = Field(
+        "words", description="words: runs of letters and digits of the NFKC-normalised, casefolded text (case, "
+        "punctuation and spacing are ignored); characters: for scripts written without spaces (Thai, Chinese, "
+        "Japanese), characters of that text with whitespace collapsed.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations. The LSH bands are chosen so that a "
+                          "pair at the threshold is a candidate at least 99.5 % of the time; more permutations keep "
+                          "pairs far under it from being candidates to confirm, and cost more hashing.")
+
+
+class LengthBounds(_Strict):
+    min: int | None = Field(None, ge=0, description="Fewest tokens a record may have (too_short); null: no bound.")
+    max: int | None = Field(None, gt=0, description="Most tokens a record may have (too_long); null: no bound.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LengthBounds:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+    @property
+    def bounded(self) -> bool:
+        return self.min is not None or self.max is not None
+
+
+class QualityConfig(_Strict):
+    """Record filters of the domain (governance.py): each dropped record gets the filter's reason code. All off by
+    default but the schema check, which always applies."""
+
+    label_field: str = Field(
+        "quality_label", description="The field of a record's metadata object holding its human QA label; its "
+        "distribution per split is reported.")
+    keep_labels: list[str] | None = Field(
+        None, min_length=1, description="Keep only records whose label_field is one of these (quality_label); a "
+        "record without one is dropped too. null: no label filter.")
+    min_grounding: float | None = Field(
+        None, gt=0, le=1, description="Drop a record whose answer's evidence items (eval.evidence_fields) are found "
+        "verbatim in its input less than this fraction (ungrounded); an answer without evidence items is kept. "
+        "null: off.")
+    prompt_tokens: LengthBounds = Field(
+        default_factory=LengthBounds, description="Bounds of the prompt (system and user turns, chat template) in the "
+        "base model's tokens.")
+    answer_tokens: LengthBounds = Field(
+        default_factory=LengthBounds, description="Bounds of the answer in the base model's tokens (its end token "
+        "included).")
+    drop_truncated: bool = Field(
+        False, description="Drop records whose prompt and answer exceed train.max_seq_length (truncated); they are "
+        "counted per split either way.")
+
+
 class DataConfig(_Strict):
     path: str = Field(description="The records: a file, a glob of shards (shards/*.jsonl, read in sorted path order) "
                       "or an fsspec URL (file://, s3://, globs too); relative to the YAML file.")
@@ -47,6 +108,15 @@ class DataConfig(_Strict):
     splits: dict[Literal["train", "val", "test"], float] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     seed: int = 0
+    near_duplicates: NearDuplicateConfig | None = Field(
+        default_factory=NearDuplicateConfig, description="Near-duplicate detection; null: off (exact duplicates and "
+        "exact cross-split copies are dropped either way).")
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    measure_tokens: bool = Field(
+        True, description="Measure every record's prompt and answer in the base model's tokens (its tokenizer is "
+        "loaded to prepare the data): length histograms and the records train.max_seq_length truncates, in the "
+        "manifest and report; needed by quality.prompt_tokens, quality.answer_tokens and quality.drop_truncated. "
+        "false: no tokenizer is loaded.")
 
     @field_validator("splits")
     @classmethod
@@ -577,6 +647,17 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
     finish = cfg.finish_resources
     finish_gpu = (f"eval.resources.gpu: {finish.gpu:g}" if cfg.eval.resources is not None else
                   f"sweep.resources_per_trial.gpu: {finish.gpu:g}, which eval.resources defaults to")
+    quality = cfg.data.quality
+    if quality.min_grounding is not None and not cfg.eval.evidence_fields:
+        problems.append("data.quality.min_grounding: needs the answer's evidence fields, but eval.evidence_fields is "
+                        "empty; list them there or drop data.quality.min_grounding")
+    if not cfg.data.measure_tokens:
+        needs = [f"data.quality.{name}" for name, on in (
+            ("prompt_tokens", quality.prompt_tokens.bounded), ("answer_tokens", quality.answer_tokens.bounded),
+            ("drop_truncated", quality.drop_truncated)) if on]
+        if needs:
+            problems.append(f"{', '.join(needs)}: counted in tokens, but data.measure_tokens is false; set it to true "
+                            "or drop them")
     if cfg.gate.golden_min and not cfg.eval.golden:
         problems.append("gate.golden_min: needs a golden set, but eval.golden is not set; set eval.golden or drop "
                         "gate.golden_min")

@@ -25,6 +25,8 @@ class ScoredAnswer(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     id: str
+    group: str = ""  # the record's group key value (its source)
+    metadata: dict[str, Any] = {}  # the record's own metadata (schema_version, quality_label, run_id, ...)
     input: str
     expected: str
     got: str
@@ -39,7 +41,7 @@ def metric_spec(eval_cfg: EvalConfig) -> MetricSpec:
 def score_answers(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig) -> list[ScoredAnswer]:
     validator = jsonschema.Draft202012Validator(schema)
     spec = metric_spec(eval_cfg)
-    return [ScoredAnswer(id=e.id, input=e.user_text, expected=e.completion, got=a,
+    return [ScoredAnswer(id=e.id, input=e.user_text, expected=e.completion, got=a, group=e.group, metadata=e.metadata,
                          score=metrics.score_example(a, e.completion, e.user_text, validator, spec))
             for e, a in zip(examples, answers)]
 

@@ -231,7 +231,9 @@ def parse_answer(text: str) -> tuple[bool, Any]:
         return False, None
 
 
-def _grounding(pred: dict, input_text: str, fields: Sequence[str]) -> float | None:
+def grounding(pred: dict, input_text: str, fields: Sequence[str]) -> float | None:
+    """The share of the answer's evidence items (strings, or lists of strings, under ``fields``) found verbatim in
+    the input, whitespace and Unicode form normalised; None when it has none."""
     source = _text(input_text, casefold=False)
     items: list[str] = []
     for f in fields:
@@ -261,7 +263,7 @@ def score_example(pred_text: str, ref_text: str, input_text: str, validator, spe
     row: dict[str, Any] = {  # built up, then frozen into an ExampleScore
         "json_valid": float(ok), "schema_pass": float(ok and validator.is_valid(pred)), "fields": fields,
         "field_accuracy": sum(fields.values()) / len(fields) if fields else 0.0,
-        "grounding": _grounding(got, input_text, spec.evidence_fields), "chrf": None, "rouge_l": None}
+        "grounding": grounding(got, input_text, spec.evidence_fields), "chrf": None, "rouge_l": None}
     if spec.text_fields:
         pairs = [_text_scores(got.get(f), ref[f] if isinstance(ref.get(f), str) else "") for f in spec.text_fields]
         row["chrf"] = sum(c for c, _ in pairs) / len(pairs)

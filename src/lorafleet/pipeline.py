@@ -137,11 +137,26 @@ def prepare_all(configs: dict[str, DomainConfig], work_dir: Path) -> tuple[dict[
             failed[name] = DomainResult.failed(name, str(exc))
             continue
         m = prepared.manifest
-        progress.info("[%s] data: %d records -> train %d / val %d / test %d, %d dropped, version %s", name,
+        reasons = ", ".join(f"{code} {n}" for code, n in m.drops_by_reason.items())
+        progress.info("[%s] data: %d records -> train %d / val %d / test %d, %d dropped%s, version %s", name,
                       m.records_read, m.counts["train"], m.counts["val"], m.counts["test"], len(m.drops),
-                      m.dataset_version[:12])
+                      f" ({reasons})" if reasons else "", m.dataset_version[:12])
         plans[name] = DomainPlan(cfg, prepared)
+    flag_cross_domain(plans, work_dir)
     return plans, failed
+
+
+def flag_cross_domain(plans: dict[str, DomainPlan], work_dir: Path) -> None:
+    """Training records near another domain's evaluation records, into each domain's manifest (a report, not a
+    drop: the dataset version stays), rewritten in its data folder."""
+    prepared = {name: plan.data for name, plan in plans.items()}
+    data_mod.flag_cross_domain(prepared, {name: plan.cfg for name, plan in plans.items()})
+    for name, data in prepared.items():
+        if data.manifest.cross_domain:
+            log.warning("[%s] %d training records are near other domains' evaluation records (%s)", name,
+                        len(data.manifest.cross_domain),
+                        ", ".join(sorted({m.domain for m in data.manifest.cross_domain})))
+        data_mod.write_manifest(data, work_dir / name / "data")
 
 
 def resume_published(storage: publish.Storage, run_id: str, names: list[str]) -> dict[str, DomainResult]:

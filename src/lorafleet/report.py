@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from lorafleet.data import DatasetManifest
+from lorafleet.data import DatasetManifest, Histogram, LengthSummary
 from lorafleet.evaluate import ScoredAnswer
 from lorafleet.export import Drift
 from lorafleet.gate import GateVerdict
+from lorafleet.governance import REASONS, RecordRef
 from lorafleet.lineage import Lineage
 from lorafleet.metrics import (
     FIELD_PREFIX,
@@ -273,6 +274,77 @@ def _gate_blocks(gate: GateVerdict) -> list[tuple]:
     return [("h", 2, "Release gate"), ("table", "gate", ["check", "kind", "value", "threshold", "verdict", "detail"], rows)]
 
 
+LISTED_PAIRS = 50  # near-duplicate pairs listed in the report; the manifest has them all
+
+
+def _ref(r: RecordRef) -> str:
+    return f"{r.split} line {r.line} (group {r.group})"
+
+
+def _data_blocks(m: DatasetManifest) -> list[tuple]:
+    """The data section: the manifest's numbers, drops by reason, token lengths per split (histograms with the
+    truncation point), label distributions, near-duplicate pairs across groups and other domains."""
+    summary = {k: getattr(m, k) for k in ("domain", "source", "format", "seed", "dataset_version", "records_read",
+                                           "counts", "groups")}
+    blocks: list[tuple] = [("h", 2, "Data manifest"), ("kv", "data", {**summary, "dropped": len(m.drops)})]
+    blocks.append(("h", 3, "Drops by reason"))
+    if m.drops_by_reason:
+        rows = [[code, str(n), REASONS.get(code, "")] for code, n in m.drops_by_reason.items()]
+        blocks += [("table", "drops", ["reason", "records", "meaning"], rows),
+                   ("p", "Every dropped record (id, source line, group, reason, detail) is in data/drops.jsonl.")]
+    else:
+        blocks.append(("p", "No record was dropped."))
+    if m.lengths:
+        blocks += _length_blocks(m.lengths, m.drops_by_reason.get("truncated", 0))
+    for key, by_split in m.labels.items():
+        labels = list(dict.fromkeys(label for counts in by_split.values() for label in counts))
+        rows = [[label, *(str(by_split[s].get(label, 0)) for s in by_split)] for label in labels]
+        blocks += [("h", 3, f"Labels: {key}"), ("table", "labels", ["label", *by_split], rows)]
+    blocks += _near_duplicate_blocks(m)
+    return blocks
+
+
+def _length_blocks(lengths: LengthSummary, dropped: int) -> list[tuple]:
+    limit = lengths.max_seq_length
+    truncated = ", ".join(f"{n} of {split}" for split, n in lengths.truncated.items())
+    rows = [[split, *(str(st[f"{part}_{q}"]) for part in ("prompt", "answer", "total") for q in ("p50", "p95", "max")),
+             str(lengths.truncated[split])] for split, st in lengths.stats.items()]
+    header = ["split", *(f"{part} {q}" for part in ("prompt", "answer", "total") for q in ("p50", "p95", "max")),
+              "truncated"]
+    return [("h", 3, "Token lengths"),
+            ("p", f"Prompt (system and user turns in the chat template) and answer (with its end token) in {lengths.tokenizer}'s "
+                  f"tokens. Training truncates a record past train.max_seq_length ({limit} tokens): kept records "
+                  f"truncated: {truncated}; dropped as truncated: {dropped}."),
+            ("table", "lengths", header, rows), ("lengths", lengths)]
+
+
+def _near_duplicate_blocks(m: DatasetManifest) -> list[tuple]:
+    blocks: list[tuple] = [("h", 3, "Near-duplicates")]
+    nd = m.near_duplicates
+    if nd is None:
+        return [*blocks, ("p", "Not checked (data.near_duplicates: null); exact copies only.")]
+    within = sum(d.reason == "near_duplicate" for d in m.drops)
+    near_eval = sum(d.reason == "cross_split_leak" and "near" in d.detail for d in m.drops)
+    blocks.append(("p", f"Jaccard >= {nd['threshold']:g} over {nd['shingle_size']}-{nd['shingle_unit'][:-1]} shingles "
+                        f"of the user text: {within} later copies dropped within a split, {near_eval} training "
+                        f"records dropped near an evaluation record; {len(m.possible_leaks)} pairs across two groups "
+                        "(possible leakage the group key does not capture)."))
+    if m.possible_leaks:
+        rows = [[_ref(p.record), _ref(p.earlier), f"{p.jaccard:.3f}", p.action] for p in m.possible_leaks[:LISTED_PAIRS]]
+        blocks.append(("table", "leaks", ["record", "near", "Jaccard", "action"], rows))
+        if len(m.possible_leaks) > LISTED_PAIRS:
+            blocks.append(("p", f"First {LISTED_PAIRS} of {len(m.possible_leaks)}; all in data/dataset_manifest.json."))
+    blocks.append(("h", 3, "Near other domains' evaluation records"))
+    if not m.cross_domain:
+        return [*blocks, ("p", "No training record is near another domain's validation, test or golden record "
+                               "(checked when the run prepares every domain; a report, not a drop).")]
+    rows = [[_ref(c.record), c.domain, _ref(c.other), f"{c.jaccard:.3f}"] for c in m.cross_domain[:LISTED_PAIRS]]
+    blocks.append(("table", "cross-domain", ["training record", "domain", "its evaluation record", "Jaccard"], rows))
+    if len(m.cross_domain) > LISTED_PAIRS:
+        blocks.append(("p", f"First {LISTED_PAIRS} of {len(m.cross_domain)}; all in data/dataset_manifest.json."))
+    return blocks
+
+
 def _blocks(report: DomainReport) -> list[tuple]:
     result = report.result
     blocks = [("p", report.description), ("p", f"Run {report.run_id} · base model {report.base_model}")]
@@ -287,8 +359,7 @@ def _blocks(report: DomainReport) -> list[tuple]:
     blocks += _variant_blocks(result) if result.variants else []
     blocks += _drift_blocks(result.drift) if result.drift else []
     blocks += _timing_blocks(result.timings) if result.timings else []
-    if report.data:
-        blocks += [("h", 2, "Data manifest"), ("kv", "data", asdict(report.data))]
+    blocks += _data_blocks(report.data) if report.data else []
     if report.lineage:
         blocks.append(("details", "Lineage", [("kv", "lineage", report.lineage.model_dump(mode="json"))]))
     return blocks
@@ -363,6 +434,46 @@ def _scatter_plot(trials: list[TrialOutcome], winner: int | None, metric: str, h
     return _svg(fig)
 
 
+LENGTH_PARTS = (("prompt", "prompt tokens"), ("answer", "answer tokens"), ("total", "prompt + answer tokens"))
+
+
+def _length_plot(lengths: LengthSummary) -> str:
+    """Token-length histograms per split (prompt, answer, both; each split's share of records per bin),
+    train.max_seq_length marked where it cuts."""
+    fig, axes = _axes(3)
+    for ax, (part, title) in zip(axes, LENGTH_PARTS):
+        hist: Histogram = getattr(lengths, part)
+        for i, (split, counts) in enumerate(hist.counts.items()):  # shares, so that splits of any size compare
+            shares = [c / (sum(counts) or 1) for c in counts]
+            ax.stairs(shares, hist.edges, label=f"{split} ({sum(counts)})", lw=1.6,
+                      color=TRIAL_COLOURS[i % len(TRIAL_COLOURS)])
+        if part != "answer":  # a prompt this long leaves no answer token; both together past it are truncated
+            ax.axvline(lengths.max_seq_length, ls="--", lw=1.2, color="#cf222e",
+                       label=f"max_seq_length {lengths.max_seq_length}")
+        ax.set(title=title, xlabel="tokens", ylabel="share of the split's records")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _md_histograms(lengths: LengthSummary) -> list[str]:
+    """The histograms as tables, the bin train.max_seq_length falls in marked (or where it lies, past them all)."""
+    out, limit = [], lengths.max_seq_length
+    for part, title in LENGTH_PARTS:
+        hist: Histogram = getattr(lengths, part)
+        edges, splits = hist.edges, list(hist.counts)
+        rows = []
+        for i in range(len(edges) - 1):
+            cut = part != "answer" and edges[i] <= limit < edges[i + 1]
+            span = str(edges[i]) if edges[i + 1] - edges[i] == 1 else f"{edges[i]}–{edges[i + 1] - 1}"
+            rows.append([span + (f" (max_seq_length {limit})" if cut else ""),
+                         *(str(hist.counts[s][i]) for s in splits)])
+        where = ("" if part == "answer" or edges[0] <= limit < edges[-1] else
+                 f" (max_seq_length {limit}: {'past' if limit >= edges[-1] else 'below'} every record)")
+        out += [f"**{title}**{where}", "", *_md_table(["tokens", *splits], rows)]
+    return out
+
+
 def _plot_metric(report: DomainReport) -> str | None:
     """The metric plotted against the hparams: the one the rule ranks by, else score, else eval_loss."""
     have = {k for t in report.result.trials for k in t.metrics}
@@ -412,6 +523,8 @@ def _md_blocks(blocks: list[tuple]) -> list[str]:
             out += _md_table(["key", "value"], [[k, _generic(v)] for k, v in a[1].items()])
         elif kind == "plots":
             out += ["Plots: loss curves per trial, selection metric by learning rate and by rank (report.html).", ""]
+        elif kind == "lengths":
+            out += _md_histograms(a[0])
         elif kind == "examples":
             for field, examples in _examples(a[0]):
                 out += [f"### {_md(field)}", ""]
@@ -496,6 +609,8 @@ def _html_blocks(blocks: list[tuple]) -> list[str]:
             out.append(_table_html(a[0], ["key", "value"], [[k, Raw(_kv_value_html(v))] for k, v in a[1].items()]))
         elif kind == "plots":
             out.append(_plots_html(a[0]))
+        elif kind == "lengths":
+            out.append(f'<div class="plots">{_length_plot(a[0])}</div>')
         elif kind == "examples":
             out.append(_examples_html(a[0]))
         elif kind == "details":

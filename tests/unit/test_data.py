@@ -67,9 +67,11 @@ def test_answer_not_matching_schema_is_dropped_with_reason(domain_copy, tmp_path
     bad["messages"][0]["content"] += " (altered)"
     path = _domain_with_lines(domain_copy, lines + [json.dumps(bad)])
     prepared = prepare(load_domain(path), tmp_path / "out")
-    reasons = [d["reason"] for d in prepared.manifest.drops]
-    assert any(r.startswith("answer fails the output schema") for r in reasons)
-    assert any(r.startswith("exact duplicate of line") for r in reasons)  # the generator ships a few duplicates
+    drops = prepared.manifest.drops
+    assert any(d.reason == "schema" and d.detail.startswith("answer fails the output schema") for d in drops)
+    # the generator ships a few duplicates
+    assert any(d.reason == "exact_duplicate" and d.detail.startswith("exact duplicate of line") for d in drops)
+    assert prepared.manifest.drops_by_reason == {"schema": 1, "exact_duplicate": 3}
     assert (tmp_path / "out" / "test.jsonl").is_file()
     assert json.loads((tmp_path / "out" / "dataset_manifest.json").read_text())["counts"] == prepared.manifest.counts
 
@@ -92,10 +94,16 @@ def test_split_keeps_groups_whole_and_is_seeded():
 def test_dedup_and_leak_checks():
     a, b = _ex(1, "g1"), _ex(2, "g2")
     kept, drops = dedup_exact([a, b, a])
-    assert kept == [a, b] and drops[0]["reason"] == "exact duplicate of line 1"
+    assert kept == [a, b] and (drops[0].reason, drops[0].detail) == ("exact_duplicate", "exact duplicate of line 1")
+    # the training copy of an evaluation prompt goes, never the evaluation record
     leak = Example(id="x", group="g9", prompt=[{"role": "user", "content": "  T1 "}], completion="{}", line=9)
     splits, drops = drop_cross_split_leaks({"train": [a], "val": [b], "test": [leak]})
-    assert splits["test"] == [] and drops[0]["line"] == 9
+    assert splits == {"train": [], "val": [b], "test": [leak]}
+    assert (drops[0].line, drops[0].reason, drops[0].split) == (1, "cross_split_leak", "train")
+    # a test prompt that is also a validation prompt is judged once, in val
+    again = Example(id="y", group="g8", prompt=[{"role": "user", "content": "t2"}], completion="{}", line=10)
+    splits, drops = drop_cross_split_leaks({"train": [], "val": [b], "test": [again]})
+    assert splits["test"] == [] and (drops[0].line, drops[0].split) == (10, "test")
 
 
 @pytest.mark.parametrize("name", ["contracts", "medical", "financial", "legal", "story_summary"])

@@ -14,8 +14,13 @@ def test_markdown_starts_with_the_verdict_and_names_the_failing_check():
     assert "json_valid_rate >= 0.8" not in first  # only the failing checks are named
     for heading in ("## Release gate", "## Test split", "## Golden set", "### Per-field accuracy (test)", "## Sweep",
                     "## Failing examples", "## ONNX parity", "## Merge drift", "## Data manifest",
-                    "<summary>Lineage</summary>"):
+                    "### Drops by reason", "### Token lengths", "### Labels: answer.clause_type", "### Near-duplicates",
+                    "### Near other domains' evaluation records", "<summary>Lineage</summary>"):
         assert heading in md
+    # the data section: drops by reason code, the histograms as tables with max_seq_length placed, the pairs
+    assert "| exact_duplicate | 3 | the same prompt and answer as an earlier record |" in md
+    assert "**prompt + answer tokens** (max_seq_length 384: past every record)" in md
+    assert "| test line 40 (group C-40) | val line 12 (group C-&lt;script>" in md and "| legal |" in md
     test = report.result.test
     tuned = test.tuned.metrics["schema_pass_rate"]
     assert f"| {tuned.value:.3f} [{tuned.ci[0]:.3f}, {tuned.ci[1]:.3f}] |" in md
@@ -35,8 +40,10 @@ def test_html_has_verdict_first_tables_plots_and_escapes_user_text():
     assert verdict.startswith("GATED") and "score gain &gt;= 25" in verdict
     assert page.count("<svg") >= 3 and "<?xml" not in page and "<!DOCTYPE svg" not in page
     for table in ('class="gate"', 'class="metrics metrics-test"', 'class="metrics metrics-golden"', 'class="fields"',
-                  'class="trials"', 'class="drift"', 'class="data"', 'class="lineage"'):
+                  'class="trials"', 'class="drift"', 'class="data"', 'class="lineage"', 'class="drops"',
+                  'class="lengths"', 'class="labels"', 'class="leaks"', 'class="cross-domain"'):
         assert table in page
+    assert page.count("<svg") == 3 + 1  # the sweep's plots and the data's token-length histograms
     assert '<tr class="winner">' in page and "min_improvement" in page
     assert 'class="better"' in page
     assert "<details><summary>full input" in page  # the long input is cut, the full text is one click away
@@ -55,7 +62,8 @@ def test_failed_domain_without_evaluation_still_renders(tmp_path):
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert md.startswith("# FAILED — contracts: error: every trial failed: OOM")
-    assert 'class="verdict v-failed"' in page and "<svg" not in page and "No loss curves per trial to plot" in page
+    # no trial plot; the data section's token-length histograms are the only figure
+    assert 'class="verdict v-failed"' in page and page.count("<svg") == 1 and "No loss curves per trial to plot" in page
     assert json.loads((tmp_path / "report.json").read_text())["result"]["status"] == "failed"
 
 
@@ -70,7 +78,7 @@ def test_loss_plot_drawn_when_only_train_loss_is_logged():
     trials = [t.model_copy(update={"history": [r for r in t.history if "loss" in r]}) for t in report.result.trials]
     report = report.model_copy(update={"result": report.result.model_copy(update={"trials": trials})})
     page = render_html(report)
-    assert page.count("<svg") == 3 and "no eval_loss logged" in page
+    assert page.count("<svg") == 3 + 1 and "no eval_loss logged" in page  # + the data section's token lengths
 
 
 def test_index_links_every_report_and_names_failed_checks():
