@@ -837,7 +837,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None,
         domain = f"{name}.{step['name']}"
         if not chooses(domains, domain):
             continue
-        where = f"{path}: step {step['name']}"
+        where = f"{path}: step {domain}"
         fields = _merge(_merge(shared, {k: v for k, v in step.items() if k not in STEP_KEYS}), {"data": data})
         fields = _merge(fields, overrides or {})
         fields |= {"name": domain, "source_file": str(path.resolve()),
@@ -861,7 +861,7 @@ def _checked_step(cfg: DomainConfig, path: Path) -> DomainConfig:
 
     step = cfg.step
     assert step is not None
-    where = f"{path}: step {step.step}"
+    where = f"{path}: step {cfg.name}"
     folder = Path(cfg.source_file).parent
     try:
         if step.prompt:

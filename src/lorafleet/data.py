@@ -133,7 +133,7 @@ def _step_mapper(cfg: DomainConfig):
     try:
         return steps.mapper(cfg.step, cfg.data.group_key, Path(cfg.source_file).parent)
     except steps.StepError as exc:
-        raise DataError(f"{cfg.source_file}: step {cfg.step.step}: prompt: {exc}") from exc
+        raise DataError(f"{cfg.source_file}: step {cfg.name}: prompt: {exc}") from exc
 
 
 def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:
