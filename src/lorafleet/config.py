@@ -2,6 +2,7 @@
 
 One YAML file per domain (``configs/domains/<name>.yaml``). Every field is typed and
 validated by pydantic; unknown keys are rejected; errors name the file and the field.
+A pipeline file (``configs/pipelines/<pipeline>.yaml``, ``load_pipeline``) expands into one domain per step.
 """
 from __future__ import annotations
 
