@@ -19,7 +19,12 @@ FORCE_ALL = "all"
 
 def _add_domain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of domain YAML files")
-    p.add_argument("--domains", default="", help="comma-separated domain file names (default: all)")
+    p.add_argument("--pipeline-dir", default=None,
+                   help="folder of pipeline YAML files, whose steps are domains (default: 'pipelines' beside "
+                        "--config-dir, when it exists)")
+    p.add_argument("--domains", default="",
+                   help="comma-separated domain names or globs: a domain file's name, a pipeline step "
+                        "(folktale.character), 'folktale.*' or a pipeline's name for all its steps (default: all)")
     p.add_argument("--profile", default=None,
                    help="YAML file of overrides for every chosen domain (e.g. configs/profiles/gpu.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -108,9 +113,16 @@ def _storage_uri(raw: str) -> str:
     return raw if "://" in raw else str(Path(raw).resolve())
 
 
+def _chosen(args) -> list[str] | None:
+    return [d for d in args.domains.split(",") if d] or None
+
+
+def _pipeline_dir(args) -> Path:
+    return Path(args.pipeline_dir) if args.pipeline_dir else Path(args.config_dir).parent / "pipelines"
+
+
 def _domain_files(args):
-    domains = [d for d in args.domains.split(",") if d] or None
-    return find_domain_files(args.config_dir, domains)
+    return find_domain_files(args.config_dir, _chosen(args), _pipeline_dir(args))
 
 
 def _force(args) -> Literal["all"] | frozenset[str]:
@@ -120,7 +132,7 @@ def _force(args) -> Literal["all"] | frozenset[str]:
     if args.force == FORCE_ALL:
         return "all"
     names = [d for d in args.force.split(",") if d]
-    find_domain_files(args.config_dir, names)  # a misspelt name is an error, not a silent skip
+    find_domain_files(args.config_dir, names, _pipeline_dir(args))  # a misspelt name is an error, not a silent skip
     return frozenset(names)
 
 
@@ -128,7 +140,7 @@ def cmd_validate(args) -> int:
     from lorafleet import data as data_mod
     from lorafleet.pipeline import load_configs
 
-    configs, failed = load_configs(_domain_files(args), _overrides(args))
+    configs, failed = load_configs(_domain_files(args), _overrides(args), _chosen(args))
     errors = {name: result.error for name, result in failed.items()}
     for name, cfg in configs.items():
         try:
@@ -156,7 +168,7 @@ def cmd_run(args) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else cache_root() / "work" / run_id
     opts = RunOptions(config_files=_domain_files(args), overrides=_overrides(args),
                       storage=storage, run_id=run_id, work_dir=work_dir.resolve(), verbose=args.verbose,
-                      force=_force(args))
+                      force=_force(args), domains=_chosen(args))
     log_dir = opts.work_dir / "logs"
     console.setup_driver(log_dir, verbose=args.verbose)
     print(f"run {run_id}: storage {storage}\nfull logs: {log_dir}", file=sys.stderr)

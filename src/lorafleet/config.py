@@ -2,9 +2,11 @@
 
 One YAML file per domain (``configs/domains/<name>.yaml``). Every field is typed and
 validated by pydantic; unknown keys are rejected; errors name the file and the field.
+A pipeline file (``configs/pipelines/<pipeline>.yaml``, ``load_pipeline``) expands into one domain per step.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -16,7 +18,10 @@ from lorafleet.base_model import GGUF_PREFIX, GGUFError, check_gguf, locate_gguf
 from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
 from lorafleet.sources import DataError, csv_mapping_problems, expand, format_of
 
-DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# A domain name is also a storage key and a folder name: lowercase letters, digits, _ and -, and dots between such
+# parts (a pipeline step's domain is <pipeline>.<step>): never a leading dot, "..", a trailing dot, / or NUL.
+DOMAIN_NAME_RE = re.compile(r"^(?=.{1,63}$)[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]*)*$")
+STEP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}$")  # a pipeline's or a step's own name: no dot
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -564,6 +569,28 @@ class GateConfig(_Strict):
         return self
 
 
+class StepConfig(_Strict):
+    """Set by a pipeline file's expansion (``load_pipeline``), never written in a domain file: how each annotated
+    record of data.path becomes this step's messages record (``lorafleet.steps``)."""
+
+    pipeline: str = Field(description="The pipeline's name: the domain is <pipeline>.<step>.")
+    step: str
+    input: str | None = Field(None, description="Dotted path of the annotated field that is the user message.")
+    prompt: str | None = Field(None, description="module:function called on each annotated record; returns the "
+                               "user message (the same function the serving code calls).")
+    target: dict[str, str] = Field(description="Answer field -> dotted path of the annotated field it holds; the "
+                                   "answer is their JSON object, in this order.")
+    prompt_builder_sha256: str | None = Field(None, description="Set at load: sha256 of the builder's source.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> StepConfig:
+        if (self.input is None) == (self.prompt is None):
+            raise ValueError("give either input (a dotted field path) or prompt (module:function), not both or neither")
+        if not self.target:
+            raise ValueError("target: needs at least one answer field -> dotted path")
+        return self
+
+
 class DomainConfig(_Strict):
     # a config may hold a secret pasted in by mistake (a webhook URL): validation errors never repeat a value
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -587,6 +614,7 @@ class DomainConfig(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     source_file: str = Field("", description="Set by load_domain: the YAML this config came from.")
+    step: StepConfig | None = Field(None, description="Set by load_pipeline for a pipeline's step.")
 
     @field_validator("name")
     @classmethod
@@ -822,27 +850,34 @@ def load_domain(path: str | Path, overrides: dict[str, Any] | None = None) -> Do
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
     raw = _merge(raw, overrides or {})
+    if "step" in raw:
+        raise ConfigError(f"{path}: step: set by a pipeline file's steps (configs/pipelines/), not by a domain file")
     removed = _removed_fields(raw)
     if removed:
         raise ConfigError(f"{path}: {'; '.join(removed)}")
     raw["source_file"] = str(path.resolve())
+    return _validated(raw, str(path))
+
+
+def _validated(raw: dict[str, Any], where: str) -> DomainConfig:
+    """A domain's fields (source_file set) as a DomainConfig whose files exist; ConfigError prefixed by ``where``."""
     try:
         cfg = DomainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {'; '.join(_describe(err) for err in exc.errors())}") from exc
+        raise ConfigError(f"{where}: {'; '.join(_describe(err) for err in exc.errors())}") from exc
     if "://" not in cfg.schema_path and not Path(cfg.schema_path).is_file():
-        raise ConfigError(f"{path}: output_schema: file not found: {cfg.schema_path}")
+        raise ConfigError(f"{where}: output_schema: file not found: {cfg.schema_path}")
     for label, ref in [("data.path", cfg.data_path), ("eval.golden", cfg.golden_path)]:
         if ref and ("://" not in ref or ref.startswith("file://")):  # remote sources are checked when read
             try:
                 expand(ref)
             except DataError as exc:
-                raise ConfigError(f"{path}: {label}: {exc}") from exc
+                raise ConfigError(f"{where}: {label}: {exc}") from exc
     if cfg.base_model.startswith(GGUF_PREFIX):
         try:
             check_gguf(Path(cfg.base_model_ref[len(GGUF_PREFIX):]))
         except GGUFError as exc:
-            raise ConfigError(f"{path}: base_model: {exc}") from exc
+            raise ConfigError(f"{where}: base_model: {exc}") from exc
     return cfg
 
 
@@ -854,17 +889,186 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{loc or '<root>'}: {err['msg']}"
 
 
-def find_domain_files(config_dir: str | Path, domains: list[str] | None = None) -> list[Path]:
-    """The domain YAML files to run: every ``*.yaml`` in config_dir, or just the named ones."""
+def find_domain_files(config_dir: str | Path, domains: list[str] | None = None,
+                      pipeline_dir: str | Path | None = None) -> list[Path]:
+    """The YAML files to run: every ``*.yaml`` domain file in config_dir (and pipeline file in pipeline_dir, when
+    given), or those holding the chosen domains. ``domains`` are names or globs (``fnmatch``): a domain file's stem,
+    a pipeline step's domain ``<pipeline>.<step>``, ``folktale.*``; a pipeline's own name chooses all its steps.
+    A name or glob that chooses nothing is an error (a misspelt name is not a silent skip)."""
     config_dir = Path(config_dir)
     files = sorted(config_dir.glob("*.yaml")) + sorted(config_dir.glob("*.yml"))
-    if not files:
+    pipelines = []
+    if pipeline_dir is not None and Path(pipeline_dir).is_dir():
+        pipelines = sorted(Path(pipeline_dir).glob("*.yaml")) + sorted(Path(pipeline_dir).glob("*.yml"))
+    if not files and not pipelines:
         raise ConfigError(f"{config_dir}: no *.yaml domain files")
-    if domains:
-        by_stem = {f.stem: f for f in files}
-        missing = [d for d in domains if d not in by_stem]
-        if missing:
-            raise ConfigError(f"{config_dir}: no domain file for {', '.join(missing)} "
-                              f"(have: {', '.join(sorted(by_stem))})")
-        files = [by_stem[d] for d in domains]
-    return files
+    if not domains:
+        return files + pipelines
+    by_name = {f.stem: f for f in files}
+    for path in pipelines:
+        by_name |= {f"{path.stem}.{step}": path for step in pipeline_step_names(path)}
+    chosen: list[Path] = []
+    missing = []
+    for pattern in domains:
+        hits = [by_name[n] for n in sorted(by_name) if chooses([pattern], n)]
+        if not hits:
+            missing.append(pattern)
+        chosen += [f for f in dict.fromkeys(hits) if f not in chosen]
+    if missing:
+        raise ConfigError(f"{config_dir}: no domain file for {', '.join(missing)} "
+                          f"(have: {', '.join(sorted(by_name))})")
+    return chosen
+
+
+def chooses(domains: list[str] | None, name: str) -> bool:
+    """Whether ``--domains`` (names or globs; None: all) choose the domain ``name``; a pipeline's name chooses its
+    steps (``folktale`` is ``folktale.*``)."""
+    return domains is None or any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, f"{p}.*") for p in domains)
+
+
+# ---- pipeline files: one annotated source, several steps, each its own domain ------------------------------------
+
+PIPELINE_KEYS = ("name", "source", "steps")  # a pipeline file's own keys; every other key is shared by its steps
+STEP_KEYS = ("name", "input", "prompt", "target")  # a step's own keys; every other key overrides the shared ones
+BUILDER_PROBE_RECORDS = 3  # a step's mapping and prompt builder are tried on this many records at load time
+
+
+class PipelineSource(_Strict):
+    """A pipeline's annotated records: every step reads them (its data section, format messages)."""
+
+    path: str = Field(description="The annotated records (JSONL, JSON or Parquet; a glob of shards; an fsspec URL), "
+                      "relative to the YAML file.")
+    source_format: Literal["auto", "jsonl", "json", "parquet"] = "auto"
+    group_key: str = Field(description="Top-level field of an annotated record; records sharing it never cross "
+                           "splits (in every step).")
+    splits: dict[Literal["train", "val", "test"], float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    seed: int = 0
+
+
+def is_pipeline(raw: Any) -> bool:
+    return isinstance(raw, dict) and "steps" in raw
+
+
+def pipeline_step_names(path: str | Path) -> list[str]:
+    """The step names a pipeline file declares (read only as far as that)."""
+    raw = _read_mapping(Path(path))
+    steps = raw.get("steps")
+    if not isinstance(steps, list):
+        raise ConfigError(f"{path}: steps: a list of steps, each a mapping with a name")
+    return [s["name"] for s in steps if isinstance(s, dict) and isinstance(s.get("name"), str)]
+
+
+def load_file(path: str | Path, overrides: dict[str, Any] | None = None,
+              domains: list[str] | None = None) -> dict[str, DomainConfig | ConfigError]:
+    """A domain file's config, or a pipeline file's chosen steps' configs (``domains`` as ``chooses`` reads them),
+    by domain name. A step that does not load is its ConfigError (the others still load); a file that does not is
+    raised."""
+    path = Path(path)
+    if is_pipeline(_read_mapping(path)):
+        return load_pipeline(path, overrides, domains)
+    cfg = load_domain(path, overrides)
+    return {cfg.name: cfg}
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None,
+                  domains: list[str] | None = None) -> dict[str, DomainConfig | ConfigError]:
+    """Expand a pipeline file into one DomainConfig per chosen step, named ``<pipeline>.<step>``: the shared fields,
+    the step's own over them, ``--set``/profile overrides over both; data: the source, read as messages records
+    that the step's mapping makes (``lorafleet.steps``). Each step's mapping and prompt builder are tried on the
+    source's first records here, and a builder's source hash is recorded (``step.prompt_builder_sha256``). Errors
+    name the file and the step."""
+    path = Path(path)
+    raw = _read_mapping(path)
+    for key in ("data", "step"):
+        if key in raw:
+            raise ConfigError(f"{path}: {key}: a pipeline's steps read source (and their steps section); "
+                              f"drop {key}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not STEP_NAME_RE.fullmatch(name):
+        raise ConfigError(f"{path}: name: a pipeline name must match {STEP_NAME_RE.pattern}, got {name!r}")
+    try:
+        source = PipelineSource.model_validate(raw.get("source"))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {'; '.join('source.' + _describe(err) for err in exc.errors())}") from exc
+    steps = raw["steps"]
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
+        raise ConfigError(f"{path}: steps: a non-empty list of steps, each a mapping")
+    seen: set[str] = set()
+    for i, step in enumerate(steps):
+        step_name = step.get("name")
+        if not isinstance(step_name, str) or not STEP_NAME_RE.fullmatch(step_name):
+            raise ConfigError(f"{path}: steps.{i}.name: must match {STEP_NAME_RE.pattern}, got {step_name!r}")
+        if step_name in seen:
+            raise ConfigError(f"{path}: steps.{i}.name: {step_name!r} is used by an earlier step")
+        seen.add(step_name)
+    shared = {k: v for k, v in raw.items() if k not in PIPELINE_KEYS}
+    data = {"path": source.path, "source_format": source.source_format, "format": "messages",
+            "group_key": source.group_key, "splits": source.splits, "seed": source.seed}
+    out: dict[str, DomainConfig | ConfigError] = {}
+    for step in steps:
+        domain = f"{name}.{step['name']}"
+        if not chooses(domains, domain):
+            continue
+        where = f"{path}: step {domain}"
+        fields = _merge(_merge(shared, {k: v for k, v in step.items() if k not in STEP_KEYS}), {"data": data})
+        fields = _merge(fields, overrides or {})
+        fields |= {"name": domain, "source_file": str(path.resolve()),
+                   "step": {"pipeline": name, "step": step["name"], "target": step.get("target"),
+                            **{k: step[k] for k in ("input", "prompt") if k in step}}}
+        try:
+            removed = _removed_fields(fields)
+            if removed:
+                raise ConfigError(f"{where}: {'; '.join(removed)}")
+            out[domain] = _checked_step(_validated(fields, where), path)
+        except ConfigError as exc:
+            out[domain] = exc
+    return out
+
+
+def _checked_step(cfg: DomainConfig, path: Path) -> DomainConfig:
+    """The step's mapping (and prompt builder) tried on the source's first records; the builder's source hash
+    recorded in the config."""
+    from lorafleet import steps as steps_mod
+    from lorafleet.sources import read
+
+    step = cfg.step
+    assert step is not None
+    where = f"{path}: step {cfg.name}"
+    folder = Path(cfg.source_file).parent
+    try:
+        if step.prompt:
+            step = step.model_copy(update={
+                "prompt_builder_sha256": steps_mod.builder_sha256(steps_mod.load_builder(step.prompt, folder))})
+        to_record = steps_mod.mapper(step, cfg.data.group_key, folder)
+    except steps_mod.StepError as exc:
+        raise ConfigError(f"{where}: prompt: {exc}") from exc
+    records = read(cfg.data_path, cfg.data.source_format, None, "messages")
+    try:
+        for n, (position, record) in enumerate(records):
+            if n == BUILDER_PROBE_RECORDS:
+                break
+            try:
+                to_record(record)
+            except steps_mod.StepError as exc:
+                raise ConfigError(f"{path}: {exc} (record {position})") from exc
+    except DataError as exc:
+        raise ConfigError(f"{where}: source.path: {exc}") from exc
+    finally:
+        records.close()
+    return cfg.model_copy(update={"step": step})
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ConfigError naming the file (and line) otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {problem}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    return raw

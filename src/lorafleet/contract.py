@@ -87,6 +87,16 @@ class FileEntry(BaseModel):
     sha256: str
 
 
+class PromptBuilder(BaseModel):
+    """A pipeline step's prompt builder (``lorafleet.steps``): the function that made every user message in training
+    and evaluation from an annotated record; serving code calls the same function (``lorafleet predict`` takes the
+    message it built, as ``input``)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str = Field(description="module:function, as the pipeline file names it.")
+    sha256: str = Field(description="sha256 of its source text (inspect.getsource): lorafleet.steps.builder_sha256.")
+
+
 class ModelContract(BaseModel):
     """lorafleet_model.json: how to ask a published model, what it takes and gives, and which files make it."""
 
@@ -119,6 +129,8 @@ class ModelContract(BaseModel):
     generation: dict[str, Any] = Field(description="The arguments evaluation passed to generate (generation_config.json "
                                        "holds them over the model's own settings).")
     output_schema: str = OUTPUT_SCHEMA
+    prompt_builder: PromptBuilder | None = Field(
+        None, description="A pipeline step's prompt builder; null: the user message is the record's text.")
     files: list[FileEntry] = Field(description="Every other file of the folder, with its bytes and sha256.")
 
 
@@ -165,11 +177,18 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
         inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
         special_tokens=tokenizer.special_tokens_map, prompt_sha256=prompt_sha256(cfg.system_prompt, template),
         message_format=MessageFormat.of(cfg.data.format),
-        generation=settings, files=[])
+        generation=settings, prompt_builder=prompt_builder_of(cfg), files=[])
     (folder / MODEL_CARD).write_text(model_card(contract, result, example), encoding="utf-8")
     contract = contract.model_copy(update={"files": file_entries(folder)})
     (folder / MODEL_JSON).write_text(contract.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return contract
+
+
+def prompt_builder_of(cfg: DomainConfig) -> PromptBuilder | None:
+    step = cfg.step
+    if step is None or step.prompt is None or step.prompt_builder_sha256 is None:
+        return None
+    return PromptBuilder(name=step.prompt, sha256=step.prompt_builder_sha256)
 
 
 def write_adapter_card(folder: str | Path, cfg: DomainConfig, result: DomainResult, base_sha256: str | None) -> None:
@@ -371,7 +390,9 @@ def model_card(contract: ModelContract, result: DomainResult, example: Example) 
         weights += f", {contract.dtype}"
     facts = [("domain", contract.domain), ("weights", weights), ("base model", contract.base_model),
              ("run", contract.run_id), ("dataset version", contract.dataset_version),
-             ("lorafleet", contract.lorafleet_version), ("prompt sha256", contract.prompt_sha256)]
+             ("lorafleet", contract.lorafleet_version), ("prompt sha256", contract.prompt_sha256),
+             *([("prompt builder", f"{contract.prompt_builder.name} (source sha256 {contract.prompt_builder.sha256})")]
+               if contract.prompt_builder else [])]
     title = f"{contract.kind}, {contract.variant}" if contract.variant else contract.kind
     lines = ["---", *front, "---", "", f"# {contract.domain} ({title})", "", contract.description, "",
              "| | |", "| --- | --- |", *(f"| {k} | `{v}` |" for k, v in facts), "",
@@ -416,6 +437,14 @@ def _user_message_rule(fmt: MessageFormat) -> str:
     return f"the instruction, a blank line, then the input: `{fmt.user_message!r}`"
 
 
+def _builder_note(contract: ModelContract) -> list[str]:
+    if contract.prompt_builder is None:
+        return []
+    module, _, function = contract.prompt_builder.name.partition(":")
+    return [f"# training built every user message with {contract.prompt_builder.name}; build yours with it too:",
+            f"# from {module} import {function}; USER_MESSAGE = {function}(annotated_record)"]
+
+
 def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
     load = (["from optimum.onnxruntime import ORTModelForCausalLM", "from transformers import AutoTokenizer", "",
              'folder = "."  # this folder', "tokenizer = AutoTokenizer.from_pretrained(folder)",
@@ -425,7 +454,7 @@ def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
              "model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)"])
     settings = ", ".join(f"{k}={v!r}" for k, v in contract.generation.items())
     code = ["import json", *load, "", f"SYSTEM_PROMPT = {contract.system_prompt!r}",
-            f"USER_MESSAGE = {example.user_text!r}  # a test record", "",
+            f"USER_MESSAGE = {example.user_text!r}  # a test record", *_builder_note(contract), "",
             "messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, {'role': 'user', 'content': USER_MESSAGE}]",
             "text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
             "inputs = tokenizer(text, return_tensors='pt', add_special_tokens=False)",

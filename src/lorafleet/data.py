@@ -143,9 +143,12 @@ def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Exam
     declared = cfg.data.source_format if path is None else "auto"  # another file (golden) goes by its extension
     path = path or cfg.data_path
     examples, n_read = [], 0
+    step = _step_mapper(cfg)
     for where, record in sources.read(path, declared, cfg.data.csv_columns, cfg.data.format):
         n_read += 1
         try:
+            if step is not None:  # a pipeline step's annotated record -> its messages record (StepError: a ValueError)
+                record = step(record)
             examples.append(to_example(record, cfg, where.number))
         except KeyError as exc:
             raise DataError(f"{where}: missing field {exc.args[0]!r} "
@@ -155,6 +158,18 @@ def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Exam
     if not examples:
         raise DataError(f"{path}: no records")
     return examples, n_read
+
+
+def _step_mapper(cfg: DomainConfig):
+    """A pipeline step's mapping from annotated records to its records (``lorafleet.steps``); None for a domain."""
+    if cfg.step is None:
+        return None
+    from lorafleet import steps
+
+    try:
+        return steps.mapper(cfg.step, cfg.data.group_key, Path(cfg.source_file).parent)
+    except steps.StepError as exc:
+        raise DataError(f"{cfg.source_file}: step {cfg.name}: prompt: {exc}") from exc
 
 
 def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:

@@ -37,7 +37,7 @@ from lorafleet import (
 from lorafleet import data as data_mod
 from lorafleet.base_model import GGUF_PREFIX, ensure_tiny_base, resolve_base_model
 from lorafleet.cluster import Call, TaskFailure, TaskGroup
-from lorafleet.config import ConfigError, DomainConfig, load_domain
+from lorafleet.config import ConfigError, DomainConfig, chooses, load_file
 from lorafleet.console import progress
 from lorafleet.data import Example
 from lorafleet.evaluate import SplitScores
@@ -63,9 +63,10 @@ class RunOptions:
     verbose: bool = False
     tune_callbacks: tuple = ()  # more Tune callbacks for the sweep (e.g. a team's experiment tracker)
     force: Literal["all"] | frozenset[str] = frozenset()  # domains retrained even if unchanged since published
+    domains: list[str] | None = None  # names or globs choosing a pipeline file's steps (config.chooses); None: all
 
     def forced(self, domain: str) -> bool:
-        return self.force == "all" or domain in self.force
+        return self.force == "all" or (bool(self.force) and chooses(sorted(self.force), domain))  # names or globs
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def run(opts: RunOptions) -> RunSummary:
     """The whole job. Needs a connected Ray (``ray.init`` done by the caller)."""
     started = time.time()
     storage = publish.Storage(opts.storage)
-    configs, results = load_configs(opts.config_files, opts.overrides)
+    configs, results = load_configs(opts.config_files, opts.overrides, opts.domains)
     plans, failed = prepare_all(configs, opts.work_dir)
     results |= failed
     kept = resume_published(storage, opts.run_id, list(plans))
@@ -107,21 +108,28 @@ def run(opts: RunOptions) -> RunSummary:
 
 # ---- before training ---------------------------------------------------------------------------------
 
-def load_configs(files: list[Path], overrides: dict[str, Any]) -> tuple[dict[str, DomainConfig], dict[str, DomainResult]]:
-    """Every config that validates, and a failed result per file that does not (named by the file's stem)."""
+def load_configs(files: list[Path], overrides: dict[str, Any], domains: list[str] | None = None,
+                 ) -> tuple[dict[str, DomainConfig], dict[str, DomainResult]]:
+    """Every config that validates, and a failed result per file that does not (named by the file's stem) or per
+    pipeline step that does not (named by its domain). A pipeline file gives the steps ``domains`` choose
+    (``config.chooses``; None: all)."""
     configs: dict[str, DomainConfig] = {}
     failed: dict[str, DomainResult] = {}
     for path in files:
         try:
-            cfg = load_domain(path, overrides)
+            loaded = load_file(path, overrides, domains)
         except ConfigError as exc:
             failed[path.stem] = DomainResult.failed(path.stem, str(exc))
             continue
-        if cfg.name in configs:
-            failed[path.stem] = DomainResult.failed(
-                path.stem, f"{path}: name {cfg.name!r} is already used by {configs[cfg.name].source_file}")
-            continue
-        configs[cfg.name] = cfg
+        for name, cfg in loaded.items():
+            if isinstance(cfg, ConfigError):
+                failed[name] = DomainResult.failed(name, str(cfg))
+            elif cfg.name in configs:
+                key = name if cfg.step is not None else path.stem
+                failed[key] = DomainResult.failed(
+                    key, f"{path}: name {cfg.name!r} is already used by {configs[cfg.name].source_file}")
+            else:
+                configs[cfg.name] = cfg
     for result in failed.values():
         log.error("[%s] %s", result.name, result.error)
     return configs, failed

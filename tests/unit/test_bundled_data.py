@@ -127,3 +127,49 @@ def test_generator_reproduces_bundled_files(tmp_path: Path) -> None:
     assert generated == sorted(expected)
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the bundled file"
+
+
+# ---- the annotated folktale set of the per-step pipeline example (configs/pipelines/folktale.yaml) ----------------
+
+PIPELINES_DIR = CONFIGS / "pipelines"
+FOLKTALE_SCRIPT = ROOT / "scripts" / "generate_folktale_data.py"
+FOLKTALE_STEPS = {"character": lambda a: a["characters"], "relationship": lambda a: {"relationships": a["relationships"]},
+                  "event": lambda a: {"action_category": a["action_category"], "event_type": a["event_type"]}}
+
+
+def _folktales() -> list[dict]:
+    lines = (PIPELINES_DIR / "folktale" / "annotated.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_folktales_are_annotated_scenes_of_chinese_and_vietnamese_tales() -> None:
+    records = _folktales()
+    assert len(records) == 120 and len({r["tale_id"] for r in records}) == 40
+    assert {r["lang"] for r in records} == {"zh", "vi"}
+    texts = " ".join(r["text"] for r in records)
+    assert any(n in texts for n in ("织女", "牛郎", "木兰")) and any(n in texts for n in ("Tấm", "Thạch Sanh", "Sọ Dừa"))
+    for r in records:
+        a = r["annotations"]
+        for name in [*a["characters"]["doers"], *a["characters"]["receivers"]]:
+            assert name in r["text"]  # the answer is read from the scene
+        assert a["action_category"] and a["event_type"]
+
+
+@pytest.mark.parametrize("step", sorted(FOLKTALE_STEPS))
+def test_folktale_step_answers_validate_against_their_schema(step: str) -> None:
+    schema = json.loads((PIPELINES_DIR / "folktale" / f"{step}.schema.json").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(schema)
+    for i, record in enumerate(_folktales()):
+        errors = [e.message for e in validator.iter_errors(FOLKTALE_STEPS[step](record["annotations"]))]
+        assert not errors, f"{step} record {i}: {errors}"
+
+
+def test_folktale_generator_reproduces_bundled_files(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(FOLKTALE_SCRIPT), "--out-dir", str(tmp_path)], check=True, capture_output=True)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    expected = [Path("configs/pipelines/folktale/annotated.jsonl"),
+                *(Path(f"configs/pipelines/folktale/{s}.schema.json") for s in FOLKTALE_STEPS)]
+    assert generated == sorted(expected)
+    for rel in generated:
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the bundled file"

@@ -118,7 +118,7 @@ def test_every_format_yields_the_jsonl_dataset_version(domain_copy, name, conver
     assert got.dataset_version == expected.dataset_version
     assert (got.records_read, got.counts, got.groups) == (expected.records_read, expected.counts, expected.groups)
     def reasons(manifest):  # the same drops, for the same reasons; the lines they name are the converted file's
-        return sorted(re.sub(r"line \d+", "line N", d["reason"]) for d in manifest.drops)
+        return sorted((d.reason, re.sub(r"line \d+", "line N", d.detail)) for d in manifest.drops)
 
     assert reasons(got) == reasons(expected) and len(got.drops) == 3
 
