@@ -82,7 +82,9 @@ def test_rerun_resumes_the_sweep_from_s3_and_skips_leftover_trials_of_published_
     for name, edits in (("medical", [("lora_rank: [8, 16]", "lora_rank: [4, 1000000000]"),
                                      ("base_model: tiny", f"base_model: {small_base}")]),
                         ("legal", [("lora_rank: [8, 16]", "lora_rank: [4]"),
-                                   ("base_model: tiny", f"base_model: {late_base}")])):
+                                   ("base_model: tiny", f"base_model: {late_base}"),
+                                   # nor a tokenizer to count tokens with: the trials are what find the base missing
+                                   ("  format: conversations", "  format: conversations\n  measure_tokens: false")])):
         path = tmp_path / "domains" / f"{name}.yaml"
         for old, new in edits:
             assert old in path.read_text(), (name, old)
