@@ -795,17 +795,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def load_overrides_file(path: str | Path) -> dict[str, Any]:
     """A profile: a YAML mapping of overrides applied to every chosen domain (before any --set)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a profile is a mapping of config fields")
-    return raw
+    return _read_mapping(Path(path), "a profile is a mapping of config fields")
 
 
 def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -1059,7 +1049,7 @@ def _checked_step(cfg: DomainConfig, path: Path) -> DomainConfig:
     return cfg.model_copy(update={"step": step})
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def _read_mapping(path: Path, expected: str = "expected a mapping of fields") -> dict[str, Any]:
     """A YAML file that must hold a mapping; ConfigError naming the file (and line) otherwise."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -1070,5 +1060,5 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {problem}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: {expected}, got {type(raw).__name__}")
     return raw
