@@ -83,12 +83,12 @@ def model_folder(storage_uri: str, domain: str, run_id: str | None = None, varia
     root = Path(cache) if cache else cache_root() / "models"
     folder = root / hashlib.sha256(storage.uri.encode()).hexdigest()[:16] / run_id / domain / artifact
     if not folder.exists():
-        try:
-            publish.fetch(storage.uri, domain, folder, run_id=run_id, artifact=artifact)
+        try:  # fetch checks every object's sha256 as it downloads: a copy it makes needs no second check
+            return publish.fetch(storage.uri, domain, folder, run_id=run_id, artifact=artifact)
         except publish.VerifyError as exc:
             raise PredictError(f"refused: {exc}") from None
         except OSError:
-            if not folder.exists():  # another predict fetched the same model at the same time: use its copy
+            if not folder.exists():  # another predict fetched the same model at the same time: check its copy
                 raise
     changed = changed_files(folder, wanted)
     if changed:
