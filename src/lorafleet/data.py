@@ -9,16 +9,18 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import jsonschema
 
+from lorafleet import context as context_mod
 from lorafleet import governance
 from lorafleet.config import DomainConfig
-from lorafleet.prompt import record_turns, with_system_prompt
+from lorafleet.context import Context
+from lorafleet.prompt import record_turns, with_system_prompt, without_context
 
 SPLITS = ("train", "val", "test")
 
@@ -34,10 +36,18 @@ class Example:
     prompt: list[dict[str, str]]
     completion: str
     line: int
+    entity: str | None = None  # a domain with context: the record's entity (its context.key field)
+    context: str | None = None  # and that entity's rendered context, which ends the prompt's system message
 
     @property
     def user_text(self) -> str:
         return "\n".join(m["content"] for m in self.prompt if m["role"] == "user")
+
+    def without_context(self) -> Example:
+        """The same record asked with its context taken out of the system prompt (itself, for a record without)."""
+        if self.context is None:
+            return self
+        return replace(self, prompt=without_context(self.prompt, self.context), context=None)
 
     def as_trl(self) -> dict[str, Any]:
         """TRL's conversational prompt-completion form (loss on the completion only)."""
@@ -55,6 +65,9 @@ class DatasetManifest:
     counts: dict[str, int]
     groups: dict[str, int]
     drops: list[dict[str, Any]] = field(default_factory=list)
+    context: str | None = None  # a domain with context: the context file read, its sha256 and entities
+    context_sha256: str | None = None
+    context_entities: int | None = None
 
 
 @dataclass
@@ -65,6 +78,7 @@ class PreparedData:
     manifest: DatasetManifest
     schema: dict[str, Any] = field(default_factory=dict)
     golden: list[Example] = field(default_factory=list)
+    context: Context | None = None  # the context file every prompt's context came from (a domain with context)
 
     def split(self, name: str) -> list[Example]:
         return getattr(self, name)
@@ -80,8 +94,17 @@ class PreparedData:
         return digest.hexdigest()
 
 
-def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
-    """One raw record -> Example. Raises KeyError/ValueError/TypeError on a malformed record."""
+def context_of(cfg: DomainConfig) -> Context | None:
+    """The domain's context file as read (once while it stays the same), or None for a domain without context."""
+    if cfg.context is None:
+        return None
+    return context_mod.load(cfg.context_path, cfg.context.key, cfg.context.template, cfg.context.grounding_fields)
+
+
+def to_example(record: dict[str, Any], cfg: DomainConfig, line: int, context: Context | None = None) -> Example:
+    """One raw record -> Example; a domain with context asks it with its entity's context (``context``: the domain's
+    context file, read if not given). Raises KeyError/ValueError/TypeError on a malformed record, ContextError (a
+    ValueError) for an entity the context file lacks."""
     turns = record_turns(record, cfg.data.format)
     if cfg.data.group_key not in record:
         raise KeyError(cfg.data.group_key)
@@ -90,11 +113,19 @@ def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
     prompt = turns[:-1]
     if not any(t["role"] == "user" for t in prompt):
         raise ValueError("no user turn before the answer")
-    prompt = with_system_prompt(prompt, cfg.system_prompt)
+    entity = rendered = None
+    if cfg.context is not None:
+        context = context or context_of(cfg)
+        if cfg.context.key not in record:
+            raise ValueError(f"missing field {cfg.context.key!r} (context.key: the record's entity in the context file "
+                             f"{context.source})")
+        entity = record[cfg.context.key]
+        rendered = context.render(entity)
+    prompt = with_system_prompt(prompt, cfg.system_prompt, rendered)
     answer = turns[-1]["content"].strip()
     group = str(record[cfg.data.group_key])
     row_id = hashlib.sha256(json.dumps([prompt, answer], ensure_ascii=False).encode()).hexdigest()[:16]
-    return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line)
+    return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line, entity=entity, context=rendered)
 
 
 def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -112,14 +143,17 @@ def read_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, record
 
 
-def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Example], int]:
-    """The records of ``path`` (default: the domain's data) through the domain's format adapter."""
+def load_examples(cfg: DomainConfig, path: str | None = None,
+                  context: Context | None = None) -> tuple[list[Example], int]:
+    """The records of ``path`` (default: the domain's data) through the domain's format adapter (``context``: the
+    domain's context file as read, for a domain with context)."""
     path = path or cfg.data_path
+    context = context or context_of(cfg)
     examples, n_read = [], 0
     for line_no, record in read_records(path):
         n_read += 1
         try:
-            examples.append(to_example(record, cfg, line_no))
+            examples.append(to_example(record, cfg, line_no, context))
         except KeyError as exc:
             raise DataError(f"{path}:{line_no}: missing field {exc.args[0]!r} "
                             f"for format {cfg.data.format!r}") from exc
@@ -130,12 +164,12 @@ def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Exam
     return examples, n_read
 
 
-def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:
+def load_golden(cfg: DomainConfig, schema: dict, context: Context | None = None) -> list[Example]:
     """The domain's hand-written golden set: evaluated every run, never trained on. Every answer must
     satisfy the schema; a bad record stops the domain, naming file and line."""
     if not cfg.golden_path:
         return []
-    examples, _ = load_examples(cfg, cfg.golden_path)
+    examples, _ = load_examples(cfg, cfg.golden_path, context)
     validator = jsonschema.Draft202012Validator(schema)
     for e in examples:
         problem = governance.answer_problem(e.completion, validator)
@@ -174,7 +208,8 @@ def dataset_version(splits: dict[str, list[Example]]) -> str:
 
 def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedData:
     """Read, validate, govern and split one domain's data; write the splits and manifest to out_dir."""
-    examples, n_read = load_examples(cfg)
+    context = context_of(cfg)
+    examples, n_read = load_examples(cfg, context=context)
     schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
     examples, drops = governance.drop_invalid_answers(examples, schema)
     examples, dup_drops = governance.dedup_exact(examples)
@@ -188,8 +223,11 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedDat
         domain=cfg.name, source=cfg.data_path, format=cfg.data.format, seed=cfg.data.seed,
         dataset_version=dataset_version(splits), records_read=n_read,
         counts={s: len(splits[s]) for s in SPLITS},
-        groups={s: len({e.group for e in splits[s]}) for s in SPLITS}, drops=drops)
-    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest, schema, load_golden(cfg, schema))
+        groups={s: len({e.group for e in splits[s]}) for s in SPLITS}, drops=drops,
+        context=context.source if context else None, context_sha256=context.sha256 if context else None,
+        context_entities=len(context.entities) if context else None)
+    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest, schema,
+                            load_golden(cfg, schema, context), context)
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     return prepared
