@@ -410,8 +410,7 @@ def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores, onnx: Mode
     golden = split(base.golden, tuned.golden, None) if base.golden and tuned.golden else None
     test = split(base.test, tuned.test, onnx.test if onnx else None)
     if no_context is not None and cfg.context is not None:
-        asked = list(dict.fromkeys(e.entity for e in (data.test[: cfg.eval.max_examples] if data else [])
-                                   if e.entity is not None))
+        asked = sorted({e.entity for e in (data.test[: cfg.eval.max_examples] if data else []) if e.entity is not None})
         seen = {e.entity for e in data.train} if data else set()
         test = test.model_copy(update={"context": metrics.ContextEvaluation(
             key=cfg.context.key, entities=asked, unseen=[e for e in asked if e not in seen],
