@@ -1,8 +1,10 @@
-"""How a record is asked: the domain's system prompt, then the user message the record's input becomes, rendered by
-the tokenizer's chat template with the assistant's turn opened. The one source for training (``data.to_example``
-builds every prompt here; TRL renders it with the same template and the same ``add_generation_prompt``), evaluation
-and parity (``prompt_text``), and a published model's consumers (``contract.render_prompt``, ``lorafleet predict``:
-``record_turns`` and ``render_chat``, which need neither transformers nor torch), so all of them ask alike."""
+"""How a record is asked: the domain's system prompt (for a domain with context, followed by a blank line and the
+record's entity rendered through the context template: ``render_context``, ``with_system_prompt``), then the user
+message the record's input becomes, rendered by the tokenizer's chat template with the assistant's turn opened. The
+one source for training (``data.to_example`` builds every prompt here; TRL renders it with the same template and the
+same ``add_generation_prompt``), evaluation and parity (``prompt_text``), and a published model's consumers
+(``contract.render_prompt``, ``lorafleet predict``: ``record_turns`` and ``render_chat``, which need neither
+transformers nor torch), so all of them ask alike."""
 from __future__ import annotations
 
 import json
