@@ -10,7 +10,12 @@ It writes, under ``DIR`` (default: the repository root)::
     configs/domains/<name>.yaml            domain config
     configs/domains/<name>/data.jsonl      360 records + 3 exact duplicates
     configs/domains/<name>/schema.json     JSON Schema (draft 2020-12) of the answer
+    configs/domains/brand_captions/brands.json   the context file of the sixth domain: 12 brands
     src/lorafleet/tiny_base/corpus.txt     3000 pretraining documents (other seeds), shipped in the package
+
+The sixth domain, brand_captions (Thai marketing captions in a brand's voice, with the brand's hashtags), is asked with
+its brand's record from brands.json in the prompt (the domain config's ``context`` section); it adds nothing to the
+tiny base's corpus, which stays as the first five domains made it.
 
 Stdlib only and fully deterministic: every random choice comes from a seeded
 ``random.Random``; re-running produces byte-identical files.
@@ -811,6 +816,180 @@ STORY_SCHEMA = {
 }
 
 
+# --------------------------------------------------------------------------- brand_captions (Thai, with context)
+
+# The context file, brands.json: a dozen brands, what a caption needs to know of its brand. Its hashtags are the
+# brand's campaign tags, which brands of one voice share (the voice: the first word of the brand's tone); the request
+# names neither brand nor tone, so a caption's hashtags can only come from the brand's record. context_grounding
+# checks them.
+BRANDS = [
+    {"brand": "SiamBrew", "industry": "coffee shop", "tone": ["playful", "warm"],
+     "values": ["slow mornings", "local beans"], "audience": "office workers 25-35"},
+    {"brand": "FitFlow", "industry": "fitness studio", "tone": ["energetic", "friendly"],
+     "values": ["move daily", "strong community"], "audience": "gym goers 20-40"},
+    {"brand": "GreenLeaf", "industry": "organic grocery", "tone": ["caring", "honest"],
+     "values": ["farm to table", "no pesticides"], "audience": "young families"},
+    {"brand": "PetPals", "industry": "pet supplies", "tone": ["playful", "kind"],
+     "values": ["happy pets", "safe toys"], "audience": "pet owners 25-45"},
+    {"brand": "LuxStay", "industry": "boutique hotel", "tone": ["premium", "calm"],
+     "values": ["quiet luxury", "thoughtful service"], "audience": "couples 30-50"},
+    {"brand": "TechZone", "industry": "gaming gear", "tone": ["energetic", "bold"],
+     "values": ["performance first", "gamer community"], "audience": "gamers 18-35"},
+    {"brand": "BahtWise", "industry": "savings app", "tone": ["playful", "clear"],
+     "values": ["smart saving", "no hidden fees"], "audience": "first jobbers 22-30"},
+    {"brand": "GlowLab", "industry": "skincare", "tone": ["premium", "gentle"],
+     "values": ["skin first", "clean formulas"], "audience": "women 20-35"},
+    {"brand": "KhaoHom", "industry": "Thai restaurant", "tone": ["caring", "homely"],
+     "values": ["taste of home", "family recipes"], "audience": "families"},
+    {"brand": "ThaiThreads", "industry": "fashion", "tone": ["caring", "trendy"],
+     "values": ["wear local", "Thai cotton"], "audience": "students 18-25"},
+    {"brand": "MekongMiles", "industry": "travel agency", "tone": ["energetic", "adventurous"],
+     "values": ["go further", "local guides"], "audience": "backpackers 20-35"},
+    {"brand": "SilkRoom", "industry": "bridal wear", "tone": ["premium", "elegant"],
+     "values": ["timeless craft", "Thai silk"], "audience": "brides 25-35"},
+]
+# What a request names (never the brand or its tone): products by brand.
+BRAND_PRODUCTS = {
+    "SiamBrew": ["cold brew", "oat latte", "mocha frappe", "drip bag"],
+    "FitFlow": ["yoga class", "spin class", "personal training", "day pass"],
+    "GreenLeaf": ["veggie box", "brown rice", "cold-pressed juice", "herb kit"],
+    "PetPals": ["cat tree", "dog bed", "chew toy", "pet shampoo"],
+    "LuxStay": ["pool villa", "spa package", "sunset dinner", "river suite"],
+    "TechZone": ["gaming mouse", "mech keyboard", "headset", "gaming chair"],
+    "BahtWise": ["savings goal", "round-up", "cashback card", "budget planner"],
+    "GlowLab": ["vitamin C serum", "sunscreen", "night cream", "clay mask"],
+    "KhaoHom": ["green curry", "pad kra pao", "mango sticky rice", "tom yum"],
+    "ThaiThreads": ["linen shirt", "tote bag", "wide pants", "bucket hat"],
+    "MekongMiles": ["kayak trip", "night market tour", "temple ride", "island hop"],
+    "SilkRoom": ["silk gown", "bridal set", "silk scarf", "fitting session"],
+}
+# A voice: how its captions open (short Thai: the tiny model's tokenizer writes a Thai character as 3 byte tokens it
+# never saw in pretraining) and its brands' campaign hashtags (Latin script, which the tiny tokenizer handles).
+VOICES = {
+    "playful": {"open": ["ว้าว!", "เย้!"], "hashtags": ["#JustForFun", "#SmileMore"]},
+    "energetic": {"open": ["ลุยเลย!", "พร้อมยัง!"], "hashtags": ["#NoDaysOff", "#GoHard"]},
+    "caring": {"open": ["ใส่ใจ", "ด้วยรัก"], "hashtags": ["#WithLove", "#SelfCare"]},
+    "premium": {"open": ["พบกับ", "ขอแนะนำ"], "hashtags": ["#QuietLuxury", "#FinerThings"]},
+}
+for _brand in BRANDS:
+    _brand["hashtags"] = VOICES[_brand["tone"][0]]["hashtags"]
+CAPTION_INSTRUCTION = "Write a caption."
+CAPTIONS_PER_BRAND = 30
+CAPTION_SEED = 1606
+
+
+def caption_examples(rng: random.Random) -> list[tuple[str, str, dict]]:
+    """(brand, request, answer) for every brand, in a seeded order that mixes the brands."""
+    out = []
+    for brand in BRANDS:
+        voice, seen = VOICES[brand["tone"][0]], set()
+        while len(seen) < CAPTIONS_PER_BRAND:
+            product = rng.choice(BRAND_PRODUCTS[brand["brand"]])
+            pct, day, month = rng.choice([10, 15, 20, 25, 30, 40, 50]), rng.randint(1, 28), rng.randint(1, 12)
+            request = f"Product: {product}\nOffer: {pct}% off until {day}/{month}"
+            if request in seen:
+                continue
+            seen.add(request)
+            caption = f"{rng.choice(voice['open'])} {product} ลด {pct}% ที่ {brand['brand']}"
+            out.append((brand["brand"], request, {"hashtags": brand["hashtags"], "caption": caption}))
+    rng.shuffle(out)
+    return out
+
+
+CAPTION_SCHEMA = {
+    "$schema": SCHEMA_URI,
+    "title": "Thai social media caption in a brand's voice",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["hashtags", "caption"],
+    "properties": {
+        "hashtags": {"type": "array", "items": {"type": "string", "pattern": "^#[A-Za-z0-9]+$"},
+                     "minItems": 1, "maxItems": 4, "uniqueItems": True},
+        "caption": {"type": "string", "minLength": 1},
+    },
+}
+CAPTION_SYSTEM_PROMPT = "You write Thai social media captions. Answer with JSON: hashtags (the brand's) and caption."
+CAPTION_TEMPLATE = "Brand: {brand}\nTone: {tone}\nHashtags: {hashtags}"
+
+
+def caption_lines() -> list[str]:
+    rng = random.Random(CAPTION_SEED)
+    lines = [dumps({"brand": brand, "instruction": CAPTION_INSTRUCTION, "input": request, "output": dumps(answer)})
+             for brand, request, answer in caption_examples(rng)]
+    dup_rng = random.Random(CAPTION_SEED + DUPLICATE_SEED_OFFSET)
+    for source in dup_rng.sample(range(len(lines)), N_DUPLICATES):
+        lines.insert(dup_rng.randint(0, len(lines)), lines[source])
+    return lines
+
+
+def captions_yaml() -> str:
+    name = "brand_captions"
+    prompt = "\n".join("  " + line for line in textwrap.wrap(CAPTION_SYSTEM_PROMPT, width=88))
+    return f"""name: {name}
+description: Write a Thai social media caption in a brand's voice, with the brand's hashtags, as JSON.
+base_model: tiny
+system_prompt: >-
+{prompt}
+# each record's brand looked up in brands.json and written after the system prompt: a new brand is an edit of
+# brands.json, not a retrain (README, "Context injection")
+context:
+  path: {name}/brands.json
+  key: brand
+  template: {json.dumps(CAPTION_TEMPLATE)}
+  grounding_fields: [hashtags]
+data:
+  path: {name}/data.jsonl
+  format: alpaca
+  # whole brands per split: the test split's brands are ones training never saw
+  group_key: brand
+  splits: {{train: 0.66, val: 0.17, test: 0.17}}
+  seed: 17
+output_schema: {name}/schema.json
+train:
+  max_seq_length: 256
+  batch_size: 8
+  grad_accum: 1
+  # the tiny base never saw this answer format (nor Thai) in pretraining: twice the steps of the others, at twice the
+  # learning rate
+  max_steps: 240
+  backend: auto
+  load_in_4bit: auto
+  eval_steps: 80
+sweep:
+  space:
+    lora_rank: [8, 16]
+    learning_rate: [0.004]
+    epochs: [3]
+  search: grid
+  num_samples: 1
+  resources_per_trial: {{cpu: 1, gpu: 0}}
+select:
+  # on the validation split (brands training never saw): schema pass first, then the best score; within half a
+  # point, the answers that carry their own brand's hashtags
+  rule:
+    - {{metric: schema_pass_rate, mode: max, threshold: 0.5}}
+    - {{metric: score, mode: max, within: 0.5}}
+    - {{metric: context_grounding, mode: max}}
+export:
+  onnx: true
+eval:
+  max_new_tokens: 160
+  max_examples: 32
+  batch_size: 8
+  golden: {name}/golden.jsonl
+  text_fields: [caption]
+gate:
+  # thresholds for the embedded tiny model (README: measured values); real models deserve stricter ones
+  min: {{json_valid_rate: 0.8, schema_pass_rate: 0.6}}
+  not_below_base: [json_valid_rate]
+  min_improvement: {{score: 25}}
+  max_field_regression: 0.05
+  golden_min: {{schema_pass_rate: 0.3}}
+  # the context must be what grounds the answers: with it, more of the brand's hashtags than without
+  context_min_improvement: {{context_grounding: 0.1}}
+"""
+
+
 # --------------------------------------------------------------------------- domain table
 
 DOMAINS = {
@@ -1015,6 +1194,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                      ensure_ascii=False) + "\n")
         write(configs / "domains" / f"{name}.yaml", domain_yaml(name))
         print(f"{name}: {len(lines)} records ({N_DUPLICATES} duplicates)")
+    lines = caption_lines()
+    write(configs / "domains" / "brand_captions" / "data.jsonl", "\n".join(lines) + "\n")
+    write(configs / "domains" / "brand_captions" / "schema.json", json.dumps(CAPTION_SCHEMA, indent=2,
+                                                                            ensure_ascii=False) + "\n")
+    write(configs / "domains" / "brand_captions" / "brands.json", json.dumps({"brands": BRANDS}, indent=2,
+                                                                            ensure_ascii=False) + "\n")
+    write(configs / "domains" / "brand_captions.yaml", captions_yaml())
+    print(f"brand_captions: {len(lines)} records ({N_DUPLICATES} duplicates), {len(BRANDS)} brands")
     corpus = corpus_text(dataset_inputs)
     size = len(corpus.encode("utf-8"))
     if size > CORPUS_MAX_BYTES:

@@ -130,3 +130,24 @@ def record_nights(storage: publish.Storage, domain: str, verdicts: list[str]) ->
         if verdict == "unchanged":
             night = night.model_copy(update={"matches_run": "night-0", "trials": [], "timings": None})
         history.record_run(storage, f"night-{i}", {domain: night}, now=NIGHT + timedelta(days=i))
+
+
+def context_report() -> report.DomainReport:
+    """brand_captions (a domain asked with its brand's context), evaluated from made-up answers by the pipeline's own
+    producers: the tuned model right on every other held-out record with its context, never without it."""
+    cfg = load_domain(DOMAINS_DIR / "brand_captions.yaml")
+    prepared = data.prepare(cfg)
+    test = prepared.test[: cfg.eval.max_examples]
+    other = json.dumps({"hashtags": ["#QuietLuxury"], "caption": f"x {XSS}"})  # a voice none of the test brands has
+
+    def model(answers: list[str]) -> ModelScores:
+        scored = evaluate.score_answers(test, answers, prepared.schema, cfg.eval, prepared.context)
+        return ModelScores(test=evaluate.SplitScores(metrics.aggregate([a.score for a in scored]), scored, []),
+                           golden=None)
+
+    base, without = model([other] * len(test)), model([other] * len(test))
+    tuned = model([e.completion if i % 2 else other for i, e in enumerate(test)])
+    test_eval, _ = compare(cfg, base, tuned, None, without, prepared)
+    result = DomainResult(name=cfg.name, status="gated", test=test_eval, gate=gate.decide(cfg.gate, test_eval))
+    return report.DomainReport(run_id="20260101-0300", description=cfg.description, base_model=cfg.base_model,
+                               result=result, data=prepared.manifest)

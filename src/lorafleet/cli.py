@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     asked.add_argument("--input", help="one input text; its answer row is printed")
     asked.add_argument("--file", help='JSONL of {"id", "input"} records or records in the domain\'s data format')
     pred.add_argument("--instruction", help="with --input on a domain of alpaca records: the instruction")
+    pred.add_argument("--entity", help="with --input on a domain with context: the entity whose context it is asked "
+                      "with (e.g. the brand); --file records carry it in their own field")
+    pred.add_argument("--context", dest="context_file", default=None, metavar="FILE",
+                      help="a domain with context: this context file instead of the one the model was published with "
+                           "(a newer one: entities added since need no retraining)")
     pred.add_argument("--out", help="with --file: where the answer rows go (JSONL, written whole at the end)")
     pred.add_argument("--storage", default=DEFAULT_STORAGE)
     pred.add_argument("--run", dest="run_id", default=None, help="a run id instead of latest")
@@ -210,17 +215,28 @@ def cmd_predict(args) -> int:
     if args.out and not args.file:
         raise predict.PredictError("--out goes with --file (--input prints its answer)")
     folder = predict.model_folder(_storage_uri(args.storage), args.domain, args.run_id, args.variant, args.cache)
-    model = predict.OnnxModel(folder)
+    model = predict.OnnxModel(folder, args.context_file)
     if args.input is not None:
         record = {"input": args.input, **({"instruction": args.instruction} if args.instruction is not None else {})}
         if model.contract.message_format.data_format == "alpaca" and args.instruction is None:
             raise predict.PredictError(f"--input: domain {args.domain} asks with an instruction and an input (its "
                                        "records are alpaca's): give --instruction too")
-        request = predict.request_of(record, model.contract)
+        spec = model.contract.context
+        if spec is not None:
+            if args.entity is None:
+                raise predict.PredictError(f"--input: domain {args.domain} is asked with a {spec.key}'s context: "
+                                           f"give --entity (the {spec.key})")
+            record[spec.key] = args.entity
+        elif args.entity is not None:
+            raise predict.PredictError(f"--entity: domain {args.domain} is asked without context")
+        try:
+            request = predict.request_of(record, model.contract, context=model.context)
+        except ValueError as exc:
+            raise predict.PredictError(f"--entity: {exc}") from None
         answer = predict.answer_all(model, [request])[0]
         print(json.dumps(answer.row(), ensure_ascii=False))
         return 0 if answer.valid else 1
-    requests = predict.read_requests(args.file, model.contract)
+    requests = predict.read_requests(args.file, model.contract, model.context)
     print(f"predict {args.domain}: {len(requests)} records, model {folder}", file=sys.stderr)
     answers = predict.answer_all(model, requests, progress=predict.show_progress)
     predict.write_answers(args.out, answers)

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.base_model import GGUF_PREFIX, GGUFError, check_gguf, locate_gguf
+from lorafleet.context import ContextError, template_fields
+from lorafleet.context import load as load_context
 from lorafleet.metrics import REGISTRY, TRIAL_METRICS, MetricSpec
 from lorafleet.sources import DataError, csv_mapping_problems, expand, format_of
 
@@ -133,6 +135,30 @@ class DataConfig(_Strict):
         if abs(sum(splits.values()) - 1.0) > 1e-6:
             raise ValueError(f"split ratios must sum to 1, got {sum(splits.values()):g}")
         return splits
+
+
+class ContextConfig(_Strict):
+    """Context injection: each record's entity (its ``key`` field) looked up in a context file and rendered into the
+    system prompt at training, evaluation and predict time, so a new entity is an edit of the file, not a retrain."""
+
+    path: str = Field(description="JSON file (an array of entity records, or an object with one member that is one, "
+                      "e.g. {\"brands\": [...]}) or JSONL file, relative to the YAML file, or a URI.")
+    key: str = Field(description="The entity field: every record of the data and of the context file has it (e.g. "
+                     "brand); a record is asked with the context record of the same value. To evaluate on entities "
+                     "training never saw, make it data.group_key too.")
+    template: str = Field(description="How an entity's record is written into the prompt, after the system prompt and "
+                          "a blank line: str.format fields naming the record's fields, e.g. \"Brand: {brand}\\nTone: "
+                          "{tone}\"; a list is written as its items joined by ', '.")
+    grounding_fields: list[str] = Field(
+        default_factory=list, description="Fields of the entity's record (strings or lists of strings) whose items a "
+        "good answer carries (e.g. hashtags): context_grounding is the share of them found in the answer, 0 when an "
+        "item of another entity is.")
+
+    @field_validator("template")
+    @classmethod
+    def _plain_fields(cls, template: str) -> str:
+        template_fields(template)
+        return template
 
 
 class TrainConfig(_Strict):
@@ -454,7 +480,8 @@ class EvalConfig(_Strict):
     evidence_fields: list[str] = Field(
         default_factory=list, description="Fields whose items must be quoted verbatim from the input (grounding).")
     text_fields: list[str] = Field(default_factory=list, description="Free-text fields scored with chrF and ROUGE-L.")
-    score_weights: dict[Literal["json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l"], float] = Field(
+    score_weights: dict[Literal["json_valid", "schema_pass", "field_accuracy", "grounding", "chrf", "rouge_l",
+                                "context_grounding"], float] = Field(
         default_factory=lambda: {"json_valid": 0.2, "schema_pass": 0.3, "field_accuracy": 0.5},
         description="score = 100 x weighted mean of these per-example values (points).")
     bootstrap_samples: int = Field(1000, gt=0, description="Resamples for the 95 % confidence intervals.")
@@ -550,10 +577,15 @@ class GateConfig(_Strict):
         default_factory=dict, description="ONNX variant (export.variants, not the first) -> its own thresholds, "
         "e.g. {int4: {max_drop: {schema_pass_rate: 0.02}}}; a variant that misses one fails the domain's gate. Not "
         "judged with export.onnx: false (no ONNX model is built).")
+    context_min_improvement: dict[str, float] = Field(
+        default_factory=dict, description="metric -> smallest gain of the tuned model asked with each record's context "
+        "over the same model asked without it, on the test split, judged on the lower end of the gain's 95 % interval "
+        "(a domain with context).")
 
     @model_validator(mode="after")
     def _known_metrics(self) -> GateConfig:
-        if problem := _unknown_metrics([*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min]):
+        if problem := _unknown_metrics([*self.min, *self.not_below_base, *self.min_improvement, *self.golden_min,
+                                        *self.context_min_improvement]):
             raise ValueError(problem)
         return self
 
@@ -604,6 +636,8 @@ class DomainConfig(_Strict):
         "files) wherever the base or the merged model is loaded. Off: only architectures transformers has built in. "
         "Turn it on only for a base whose code you have read.")
     system_prompt: str
+    context: ContextConfig | None = Field(
+        None, description="Context injection: an entity's record from a context file, rendered into the system prompt.")
     data: DataConfig
     output_schema: str = Field(description="JSON Schema file, relative to the YAML file.")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -645,6 +679,10 @@ class DomainConfig(_Strict):
         return self.resolve(self.output_schema)
 
     @property
+    def context_path(self) -> str | None:
+        return self.resolve(self.context.path) if self.context else None
+
+    @property
     def golden_path(self) -> str | None:
         return self.resolve(self.eval.golden) if self.eval.golden else None
 
@@ -662,6 +700,14 @@ class DomainConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _setting(cfg: DomainConfig, dotted: str) -> Any:
+    """A config value by its dotted name (``eval.text_fields``); None where a section is absent."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part, None) if node is not None else None
+    return node
 
 
 def _contradictions(cfg: DomainConfig) -> list[str]:
@@ -722,11 +768,15 @@ def _contradictions(cfg: DomainConfig) -> list[str]:
                for part in ("max_drop", "min") for m in getattr(g, part)),
              *((f"select.rule.{i}.metric", k.metric) for i, k in enumerate(cfg.select.rule)),
              *(("eval.score_weights", m) for m in cfg.eval.score_weights)]
+    named += [("gate.context_min_improvement", m) for m in gate.context_min_improvement]
     for where, metric in named:
         needs = METRIC_NEEDS.get(metric)
-        if needs and not getattr(cfg.eval, needs):
-            problems.append(f"{where}: {metric} is never measured: eval.{needs} is empty; list the fields it "
+        if needs and not _setting(cfg, needs):
+            problems.append(f"{where}: {metric} is never measured: {needs} is empty; list the fields it "
                             f"scores there or drop {metric}")
+    if gate.context_min_improvement and cfg.context is None:
+        problems.append("gate.context_min_improvement: compares answers with and without each record's context, but "
+                        "the domain has no context section; add one or drop gate.context_min_improvement")
     for i, key in enumerate(cfg.select.rule):
         if key.metric not in TRIAL_METRICS:
             problems.append(f"select.rule.{i}.metric: trials never report {key.metric}; they report "
@@ -863,6 +913,13 @@ def _validated(raw: dict[str, Any], where: str) -> DomainConfig:
                 expand(ref)
             except DataError as exc:
                 raise ConfigError(f"{where}: {label}: {exc}") from exc
+    if cfg.context is not None:
+        if "://" not in cfg.context_path and not Path(cfg.context_path).is_file():
+            raise ConfigError(f"{where}: context.path: file not found: {cfg.context_path}")
+        try:
+            load_context(cfg.context_path, cfg.context.key, cfg.context.template, cfg.context.grounding_fields)
+        except ContextError as exc:
+            raise ConfigError(f"{where}: context: {exc}") from exc
     if cfg.base_model.startswith(GGUF_PREFIX):
         try:
             check_gguf(Path(cfg.base_model_ref[len(GGUF_PREFIX):]))

@@ -6,13 +6,15 @@ needs to ask the model exactly what training asked, without the domain config, a
     generation_config.json    the evaluation's generation settings over the model's own: greedy, eval.max_new_tokens,
                               the EOS and pad ids evaluation passed
     output_schema.json        the JSON Schema every answer was scored against
+    context.json              (a domain with context) the context file training and evaluation read: each record's
+                              entity is looked up there and rendered into the system prompt
     genai_config.json         (ONNX) the graph and its KV cache described for onnxruntime-genai
     README.md                 the model card (Hugging Face style): numbers, gate verdict, how to call it
     lorafleet_model.json      all of it machine-readable, with the inputs, outputs and KV-cache layout and every other
                               file's bytes and sha256 (written last)
 
-``render_prompt(folder, user_message)`` builds the prompt from the folder alone, through the same functions
-(``prompt.py``) that built the training and evaluation prompts."""
+``render_prompt(folder, user_message)`` (with ``entity`` for a domain with context) builds the prompt from the folder
+alone, through the same functions (``prompt.py``) that built the training and evaluation prompts."""
 from __future__ import annotations
 
 import json
@@ -26,11 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 import lorafleet
 from lorafleet import report
 from lorafleet.config import DomainConfig
+from lorafleet.context import Context
 from lorafleet.data import Example
 from lorafleet.evaluate import generation_settings
 from lorafleet.export import onnx_graph
 from lorafleet.lineage import prompt_sha256, sha256_file
-from lorafleet.prompt import MessageFormat, prompt_messages, render_chat
+from lorafleet.prompt import CONTEXT_SEPARATOR, MessageFormat, prompt_messages, render_chat
 from lorafleet.results import DomainResult
 
 MODEL_JSON = "lorafleet_model.json"
@@ -78,6 +81,21 @@ class Quantization(BaseModel):
     symmetric: bool = Field(description="False: each block also has a zero point.")
     matmuls: int = Field(description="MatMuls whose weight is quantized (projections and the LM head).")
     unquantized: str = Field(description="The dtype of every other weight (embedding, norms) and of the activations.")
+
+
+class ContextSpec(BaseModel):
+    """How a record's entity becomes part of the prompt (a domain with context): its record in ``file`` (the context
+    file training and evaluation read, copied here), found by the record's ``key`` field, rendered through
+    ``template`` (``prompt.render_context``) and appended to the system prompt after ``separator``."""
+
+    model_config = ConfigDict(frozen=True)
+    file: str = Field(description="The context file's copy in this folder (context.json or context.jsonl).")
+    key: str = Field(description="The entity field every request carries (e.g. brand).")
+    template: str
+    separator: str = CONTEXT_SEPARATOR
+    grounding_fields: list[str] = []
+    sha256: str = Field(description="sha256 of the context file training read (the lineage's context_sha256).")
+    entities: int
 
 
 class FileEntry(BaseModel):
@@ -131,6 +149,8 @@ class ModelContract(BaseModel):
     output_schema: str = OUTPUT_SCHEMA
     prompt_builder: PromptBuilder | None = Field(
         None, description="A pipeline step's prompt builder; null: the user message is the record's text.")
+    context: ContextSpec | None = Field(None, description="A domain with context: how each request's entity is "
+                                        "rendered into the system prompt, from which file.")
     files: list[FileEntry] = Field(description="Every other file of the folder, with its bytes and sha256.")
 
 
@@ -138,11 +158,29 @@ def read_contract(folder: str | Path) -> ModelContract:
     return ModelContract.model_validate_json((Path(folder) / MODEL_JSON).read_text(encoding="utf-8"))
 
 
-def render_prompt(folder: str | Path, user_message: str) -> str:
+def read_context(folder: str | Path, contract: ModelContract, path: str | Path | None = None) -> Context | None:
+    """The context a folder's model is asked with: its published copy, or ``path`` (a newer file: entities added
+    since, no retraining), read with the contract's key and template; None for a domain without context."""
+    spec = contract.context
+    if spec is None:
+        return None
+    from lorafleet.context import read_context as read
+
+    return read(str(path or Path(folder) / spec.file), spec.key, spec.template, tuple(spec.grounding_fields))
+
+
+def render_prompt(folder: str | Path, user_message: str, entity: str | None = None,
+                  context: Context | None = None) -> str:
     """The prompt text for one user message, from a published folder alone (no transformers): its chat template,
-    and the system prompt and special tokens its lorafleet_model.json holds."""
+    and the system prompt and special tokens its lorafleet_model.json holds; for a domain with context, ``entity``'s
+    record (from the folder's context file, or ``context``) rendered into the system prompt."""
     contract = read_contract(folder)
-    return render_messages(folder, contract, prompt_messages(contract.system_prompt, user_message))
+    rendered = None
+    if contract.context is not None:
+        if entity is None:
+            raise ValueError(f"{folder}: the model is asked with a {contract.context.key}'s context: name the entity")
+        rendered = (context or read_context(folder, contract)).render(entity)
+    return render_messages(folder, contract, prompt_messages(contract.system_prompt, user_message, rendered))
 
 
 def render_messages(folder: str | Path, contract: ModelContract, messages: list[dict[str, str]]) -> str:
@@ -152,9 +190,11 @@ def render_messages(folder: str | Path, contract: ModelContract, messages: list[
 
 
 def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: dict[str, Any], result: DomainResult,
-                   run_id: str, example: Example, variant: str | None = None) -> ModelContract:
+                   run_id: str, example: Example, variant: str | None = None,
+                   context: Context | None = None) -> ModelContract:
     """Write the contract files into a model folder that holds the model's tokenizer (``example``: a test record the
-    card shows the call with; ``variant``: an ONNX folder's, default export.dtype); lorafleet_model.json last,
+    card shows the call with; ``variant``: an ONNX folder's, default export.dtype; ``context``: the context file
+    training and evaluation read, for a domain with context, copied byte for byte); lorafleet_model.json last,
     listing the others' hashes."""
     from transformers import AutoTokenizer
 
@@ -163,6 +203,14 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
     template = write_chat_template(folder, tokenizer.chat_template)
     settings = write_generation_config(folder, generation_settings(tokenizer, cfg.eval.max_new_tokens))
     (folder / OUTPUT_SCHEMA).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    spec = None
+    if cfg.context is not None:
+        if context is None:
+            raise ValueError(f"{cfg.name}: a domain with context publishes its context file: pass the one it read")
+        (folder / context.published_name).write_bytes(context.data)
+        spec = ContextSpec(file=context.published_name, key=cfg.context.key, template=cfg.context.template,
+                           grounding_fields=list(cfg.context.grounding_fields), sha256=context.sha256,
+                           entities=len(context.entities))
     inputs, outputs, kv_cache, dtype = (onnx_signature(folder) if kind == "onnx" else
                                         merged_signature(folder, tokenizer.model_input_names))
     quantization = None
@@ -175,9 +223,10 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
         description=cfg.description, base_model=cfg.base_model,
         run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
         inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
-        special_tokens=tokenizer.special_tokens_map, prompt_sha256=prompt_sha256(cfg.system_prompt, template),
-        message_format=MessageFormat.of(cfg.data.format),
-        generation=settings, prompt_builder=prompt_builder_of(cfg), files=[])
+        special_tokens=tokenizer.special_tokens_map,
+        prompt_sha256=prompt_sha256(cfg.system_prompt, template, cfg.context.template if cfg.context else None),
+        message_format=MessageFormat.of(cfg.data.format), generation=settings, prompt_builder=prompt_builder_of(cfg),
+        context=spec, files=[])
     (folder / MODEL_CARD).write_text(model_card(contract, result, example), encoding="utf-8")
     contract = contract.model_copy(update={"files": file_entries(folder)})
     (folder / MODEL_JSON).write_text(contract.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -428,7 +477,15 @@ def _intended_use(contract: ModelContract, result: DomainResult) -> str:
             f"{n} held-out records, say how often answers did). Ask it exactly as below: the system prompt, one user "
             f"message ({_user_message_rule(contract.message_format)}) and greedy decoding up to "
             f"{contract.generation['max_new_tokens']} new tokens; other prompts and sampling were never evaluated. "
-            "It is not a general assistant.\n")
+            f"{_context_rule(contract.context)}It is not a general assistant.\n")
+
+
+def _context_rule(spec: ContextSpec | None) -> str:
+    if spec is None:
+        return ""
+    return (f"Every request names its {spec.key}: that entity's record in `{spec.file}` (or a newer context file with "
+            f"the same fields: a new {spec.key} needs no retraining), written through the template "
+            f"{spec.template!r}, follows the system prompt after a blank line. ")
 
 
 def _user_message_rule(fmt: MessageFormat) -> str:
@@ -453,7 +510,12 @@ def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
              'folder = "."  # this folder', "tokenizer = AutoTokenizer.from_pretrained(folder)",
              "model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)"])
     settings = ", ".join(f"{k}={v!r}" for k, v in contract.generation.items())
-    code = ["import json", *load, "", f"SYSTEM_PROMPT = {contract.system_prompt!r}",
+    system = [f"SYSTEM_PROMPT = {contract.system_prompt!r}"]
+    if contract.context is not None and example.context is not None:
+        system = [f"CONTEXT = {example.context!r}  # {contract.context.key} {example.entity!r} in "
+                  f"{contract.context.file}, through its template",
+                  f"SYSTEM_PROMPT = {contract.system_prompt!r} + {contract.context.separator!r} + CONTEXT"]
+    code = ["import json", *load, "", *system,
             f"USER_MESSAGE = {example.user_text!r}  # a test record", *_builder_note(contract), "",
             "messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, {'role': 'user', 'content': USER_MESSAGE}]",
             "text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
@@ -461,10 +523,14 @@ def _how_to_call(contract: ModelContract, example: Example) -> list[str]:
             f"output = model.generate(**inputs, {settings})",
             "answer = tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)",
             "print(json.loads(answer))"]
+    entity = f", entity={example.entity!r}" if contract.context is not None else ""
+    named = (f" --entity {json.dumps(example.entity, ensure_ascii=False)} (or a {contract.context.key} field in each "
+             "record of --file; --context FILE for a newer context file)" if contract.context is not None else "")
     predict = ([f"Or, with only `pip install lorafleet` (no torch): `lorafleet predict {contract.domain} --input "
-                "USER_MESSAGE` answers as below and validates the answer against the schema.", ""]
+                f"USER_MESSAGE`{named} answers as below and validates the answer against the schema.", ""]
                if contract.kind == "onnx" else [])
     return ["These settings are also in `generation_config.json`, so `model.generate(**inputs)` alone answers the "
-            "same. With lorafleet installed, `lorafleet.contract.render_prompt(folder, USER_MESSAGE)` gives the same "
-            "`text`, byte for byte the prompt training and evaluation used.", "", *predict, "```python", *code, "```", "",
+            f"same. With lorafleet installed, `lorafleet.contract.render_prompt(folder, USER_MESSAGE{entity})` gives the "
+            "same `text`, byte for byte the prompt training and evaluation used.", "", *predict, "```python", *code,
+            "```", "",
             "The record's reference answer:", "", "```json", example.completion, "```"]

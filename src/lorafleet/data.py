@@ -11,16 +11,18 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from lorafleet import context as context_mod
 from lorafleet import governance, sources
 from lorafleet.base_model import TokenCounter, token_counter
 from lorafleet.config import DomainConfig
-from lorafleet.prompt import record_turns, with_system_prompt
+from lorafleet.context import Context
+from lorafleet.prompt import record_turns, with_system_prompt, without_context
 from lorafleet.sources import DataError  # a record cannot be used; the message names its file and line
 
 SPLITS = ("train", "val", "test")
@@ -36,10 +38,18 @@ class Example:
     # the record's own ``metadata`` object (schema_version, quality_label, run_id, ...), kept into the splits' files
     # and evaluation rows; not part of the dataset version
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    entity: str | None = None  # a domain with context: the record's entity (its context.key field)
+    context: str | None = None  # and that entity's rendered context, which ends the prompt's system message
 
     @property
     def user_text(self) -> str:
         return "\n".join(m["content"] for m in self.prompt if m["role"] == "user")
+
+    def without_context(self) -> Example:
+        """The same record asked with its context taken out of the system prompt (itself, for a record without)."""
+        if self.context is None:
+            return self
+        return replace(self, prompt=without_context(self.prompt, self.context), context=None)
 
     def as_trl(self) -> dict[str, Any]:
         """TRL's conversational prompt-completion form (loss on the completion only)."""
@@ -84,6 +94,9 @@ class DatasetManifest:
     near_duplicates: dict[str, Any] | None = None  # the data.near_duplicates settings applied; None: off
     possible_leaks: list[governance.NearPair] = field(default_factory=list)  # near-duplicates across two groups
     cross_domain: list[governance.CrossDomainMatch] = field(default_factory=list)  # set by flag_cross_domain
+    context: str | None = None  # a domain with context: the context file read, its sha256 and entities
+    context_sha256: str | None = None
+    context_entities: int | None = None
 
 
 @dataclass
@@ -94,6 +107,7 @@ class PreparedData:
     manifest: DatasetManifest
     schema: dict[str, Any] = field(default_factory=dict)
     golden: list[Example] = field(default_factory=list)
+    context: Context | None = None  # the context file every prompt's context came from (a domain with context)
 
     def split(self, name: str) -> list[Example]:
         return getattr(self, name)
@@ -109,8 +123,17 @@ class PreparedData:
         return digest.hexdigest()
 
 
-def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
-    """One raw record -> Example. Raises KeyError/ValueError/TypeError on a malformed record."""
+def context_of(cfg: DomainConfig) -> Context | None:
+    """The domain's context file as read (once while it stays the same), or None for a domain without context."""
+    if cfg.context is None:
+        return None
+    return context_mod.load(cfg.context_path, cfg.context.key, cfg.context.template, cfg.context.grounding_fields)
+
+
+def to_example(record: dict[str, Any], cfg: DomainConfig, line: int, context: Context | None = None) -> Example:
+    """One raw record -> Example; a domain with context asks it with its entity's context (``context``: the domain's
+    context file, read if not given). Raises KeyError/ValueError/TypeError on a malformed record, ContextError (a
+    ValueError) for an entity the context file lacks."""
     turns = record_turns(record, cfg.data.format)
     if cfg.data.group_key not in record:
         raise KeyError(cfg.data.group_key)
@@ -119,14 +142,23 @@ def to_example(record: dict[str, Any], cfg: DomainConfig, line: int) -> Example:
     prompt = turns[:-1]
     if not any(t["role"] == "user" for t in prompt):
         raise ValueError("no user turn before the answer")
-    prompt = with_system_prompt(prompt, cfg.system_prompt)
+    entity = rendered = None
+    if cfg.context is not None:
+        context = context or context_of(cfg)
+        if cfg.context.key not in record:
+            raise ValueError(f"missing field {cfg.context.key!r} (context.key: the record's entity in the context file "
+                             f"{context.source})")
+        entity = record[cfg.context.key]
+        rendered = context.render(entity)
+    prompt = with_system_prompt(prompt, cfg.system_prompt, rendered)
     answer = turns[-1]["content"].strip()
     group = str(record[cfg.data.group_key])
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValueError(f"field 'metadata' must be a JSON object, got {type(metadata).__name__}")
     row_id = hashlib.sha256(json.dumps([prompt, answer], ensure_ascii=False).encode()).hexdigest()[:16]
-    return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line, metadata=metadata)
+    return Example(id=row_id, group=group, prompt=prompt, completion=answer, line=line, metadata=metadata,
+                   entity=entity, context=rendered)
 
 
 def read_records(path: str, source_format: str = "auto", csv_columns: dict[str, str] | None = None,
@@ -137,11 +169,14 @@ def read_records(path: str, source_format: str = "auto", csv_columns: dict[str, 
         yield where.number, record
 
 
-def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Example], int]:
+def load_examples(cfg: DomainConfig, path: str | None = None,
+                  context: Context | None = None) -> tuple[list[Example], int]:
     """The records of ``path`` (default: the domain's data; a file or a glob of shards, read as data.source_format
-    says) through the domain's format adapter. Records are streamed from the files; only the examples are kept."""
+    says) through the domain's format adapter (``context``: the domain's context file as read, for a domain with
+    context). Records are streamed from the files; only the examples are kept."""
     declared = cfg.data.source_format if path is None else "auto"  # another file (golden) goes by its extension
     path = path or cfg.data_path
+    context = context or context_of(cfg)
     examples, n_read = [], 0
     step = _step_mapper(cfg)
     for where, record in sources.read(path, declared, cfg.data.csv_columns, cfg.data.format):
@@ -149,7 +184,7 @@ def load_examples(cfg: DomainConfig, path: str | None = None) -> tuple[list[Exam
         try:
             if step is not None:  # a pipeline step's annotated record -> its messages record (StepError: a ValueError)
                 record = step(record)
-            examples.append(to_example(record, cfg, where.number))
+            examples.append(to_example(record, cfg, where.number, context))
         except KeyError as exc:
             raise DataError(f"{where}: missing field {exc.args[0]!r} "
                             f"for format {cfg.data.format!r}") from exc
@@ -172,12 +207,12 @@ def _step_mapper(cfg: DomainConfig):
         raise DataError(f"{cfg.source_file}: step {cfg.name}: prompt: {exc}") from exc
 
 
-def load_golden(cfg: DomainConfig, schema: dict) -> list[Example]:
+def load_golden(cfg: DomainConfig, schema: dict, context: Context | None = None) -> list[Example]:
     """The domain's hand-written golden set: evaluated every run, never trained on. Every answer must
     satisfy the schema; a bad record stops the domain, naming file and line."""
     if not cfg.golden_path:
         return []
-    examples, _ = load_examples(cfg, cfg.golden_path)
+    examples, _ = load_examples(cfg, cfg.golden_path, context)
     validator = jsonschema.Draft202012Validator(schema)
     for e in examples:
         problem = governance.answer_problem(e.completion, validator)
@@ -216,7 +251,8 @@ def dataset_version(splits: dict[str, list[Example]]) -> str:
 
 def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedData:
     """Read, validate, govern and split one domain's data; write the splits, drops and manifest to out_dir."""
-    examples, n_read = load_examples(cfg)
+    context = context_of(cfg)
+    examples, n_read = load_examples(cfg, context=context)
     schema = json.loads(Path(cfg.schema_path).read_text(encoding="utf-8"))
     quality, drops = cfg.data.quality, []
     for check in (lambda ex: governance.drop_invalid_answers(ex, schema),
@@ -231,7 +267,7 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedDat
         examples, dropped = governance.drop_by_length(examples, lengths, quality, cfg.train.max_seq_length)
         drops += dropped
     splits = split_by_group(examples, cfg.data.splits, cfg.data.seed)
-    golden = load_golden(cfg, schema)
+    golden = load_golden(cfg, schema, context)
     splits, dropped = governance.drop_cross_split_leaks(splits, golden)
     drops += dropped
     pairs: list[governance.NearPair] = []
@@ -250,8 +286,10 @@ def prepare(cfg: DomainConfig, out_dir: str | Path | None = None) -> PreparedDat
         drops_by_reason={code: by_reason[code] for code in governance.REASONS if by_reason[code]},
         lengths=length_summary(splits, lengths, cfg) if lengths is not None else None,
         labels=label_counts(splits, schema, quality.label_field), possible_leaks=pairs,
-        near_duplicates=cfg.data.near_duplicates.model_dump() if cfg.data.near_duplicates is not None else None)
-    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest, schema, golden)
+        near_duplicates=cfg.data.near_duplicates.model_dump() if cfg.data.near_duplicates is not None else None,
+        context=context.source if context else None, context_sha256=context.sha256 if context else None,
+        context_entities=len(context.entities) if context else None)
+    prepared = PreparedData(splits["train"], splits["val"], splits["test"], manifest, schema, golden, context)
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     return prepared

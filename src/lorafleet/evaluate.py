@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lorafleet import metrics
 from lorafleet.config import EvalConfig
+from lorafleet.context import Context
 from lorafleet.data import Example
 from lorafleet.metrics import Evaluation, ExampleScore, Metric, MetricSpec
 from lorafleet.prompt import prompt_text
@@ -38,12 +39,22 @@ def metric_spec(eval_cfg: EvalConfig) -> MetricSpec:
                       text_fields=tuple(eval_cfg.text_fields), score_weights=tuple(eval_cfg.score_weights.items()))
 
 
-def score_answers(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig) -> list[ScoredAnswer]:
+def score_answers(examples: list[Example], answers: list[str], schema: dict, eval_cfg: EvalConfig,
+                  context: Context | None = None) -> list[ScoredAnswer]:
+    """Each answer scored against its record (``context``: the domain's context file, whose grounding items each
+    answer's ``context_grounding`` looks for)."""
     validator = jsonschema.Draft202012Validator(schema)
     spec = metric_spec(eval_cfg)
     return [ScoredAnswer(id=e.id, input=e.user_text, expected=e.completion, got=a, group=e.group, metadata=e.metadata,
-                         score=metrics.score_example(a, e.completion, e.user_text, validator, spec))
+                         score=metrics.score_example(a, e.completion, e.user_text, validator, spec,
+                                                     _grounding_items(context, e)))
             for e, a in zip(examples, answers)]
+
+
+def _grounding_items(context: Context | None, example: Example) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if context is None or not context.grounding_fields or example.entity not in context.entities:
+        return None
+    return context.grounding_items(example.entity)
 
 
 def model_device(model):
@@ -176,11 +187,13 @@ class SplitScores:
     token_ids: list[list[int]]
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, eval_cfg: EvalConfig) -> SplitScores:
+def evaluate_model(model, tokenizer, examples: list[Example], schema: dict, eval_cfg: EvalConfig,
+                   context: Context | None = None) -> SplitScores:
     """Greedy answers scored per example, summarised with 95 % bootstrap intervals (``metrics.aggregate``),
-    plus eval loss and perplexity of the reference answers."""
+    plus eval loss and perplexity of the reference answers (``context``: the domain's context file)."""
     token_ids = generate_token_ids(model, tokenizer, examples, eval_cfg.max_new_tokens, eval_cfg.batch_size)
-    answers = score_answers(examples, tokenizer.batch_decode(token_ids, skip_special_tokens=True), schema, eval_cfg)
+    answers = score_answers(examples, tokenizer.batch_decode(token_ids, skip_special_tokens=True), schema, eval_cfg,
+                            context)
     evaluation = metrics.aggregate([a.score for a in answers], samples=eval_cfg.bootstrap_samples, seed=eval_cfg.seed)
     if examples:
         loss = {k: Metric(value=v) for k, v in completion_loss(model, tokenizer, examples).items()}

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from lorafleet.config import GateConfig
 from lorafleet.metrics import Evaluation, HumanRatings, SplitEvaluation, better_direction
 
-CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden", "human", "variant"]
+CheckKind = Literal["absolute", "not_below_base", "min_improvement", "field_regression", "golden", "human", "variant",
+                    "context_improvement"]
 NOT_REVIEWED = "not reviewed"
 
 
@@ -94,6 +95,20 @@ def decide(gate: GateConfig, test: SplitEvaluation, golden: SplitEvaluation | No
     checks += [_threshold("golden", "golden ", name, threshold, golden.tuned if golden else None,
                           f"on {golden.tuned.n} golden records" if golden else "")
                for name, threshold in gate.golden_min.items()]
+    for name, threshold in gate.context_min_improvement.items():
+        gain, up = test.context.gain.metrics.get(name) if test.context else None, better_direction(name)
+        label = f"{name} gain with context >= {threshold:g}"
+        if gain is None or gain.ci is None:
+            checks.append(GateCheck(kind="context_improvement", name=label, value=None, threshold=threshold,
+                                    passed=False, detail="not measured with and without the context"))
+            continue
+        low, high = sorted(up * bound for bound in gain.ci)
+        unseen = len(test.context.unseen)
+        checks.append(GateCheck(kind="context_improvement", name=label, value=low, threshold=threshold,
+                                passed=low >= threshold,
+                                detail=f"tuned with vs without its context, {unseen} of {len(test.context.entities)} "
+                                f"entities unseen in training: {up * gain.value:+.3f}, 95% interval [{low:+.3f}, "
+                                f"{high:+.3f}]; its lower end counts"))
     if gate.human_min_improvement is not None:
         checks.append(_human(gate.human_min_improvement, gate, human))
     checks += _variant_checks(gate, variants) if variants is not None else []

@@ -72,10 +72,13 @@ def _feed(digest, path: Path) -> None:
             digest.update(block)
 
 
-def prompt_sha256(system_prompt: str | None, chat_template: str | None) -> str:
+def prompt_sha256(system_prompt: str | None, chat_template: str | None, context_template: str | None = None) -> str:
     """What every record is asked with besides its own text: the domain's system prompt and the tokenizer's chat
-    template; a model's answers compare with another's only where this is the same."""
-    return hashlib.sha256(json.dumps([system_prompt, chat_template]).encode()).hexdigest()
+    template, and (a domain with context) the template its entity's context is written with (the context file's
+    own sha256 is recorded beside it, ``Lineage.context_sha256``); a model's answers compare with another's only where
+    this is the same."""
+    parts = [system_prompt, chat_template, *([context_template] if context_template is not None else [])]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
@@ -138,3 +141,4 @@ class Lineage(BaseModel):
     trial_count: int
     backend: str | None
     merged_sha256: str | None
+    context_sha256: str | None = None  # a domain with context: the context file training and evaluation read

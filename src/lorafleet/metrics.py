@@ -6,8 +6,9 @@ gives every confidence interval. ``score_example`` makes one row per example; ``
 
 Score ("points", 0-100): ``score = 100 * sum(w_i * v_i) / sum(w_i)`` over the (name, weight) pairs of
 ``MetricSpec.score_weights``, where ``v_i`` is the example's per-example value of that name (json_valid,
-schema_pass, field_accuracy, grounding, chrf or rouge_l, each in [0, 1]). A value that is None for the example
-(grounding without evidence items, text metrics without text fields) is left out and the remaining weights are
+schema_pass, field_accuracy, grounding, chrf, rouge_l or context_grounding, each in [0, 1]). A value that is None
+for the example (grounding without evidence items, text metrics without text fields, context_grounding without its
+entity's items) is left out and the remaining weights are
 renormalised; when nothing is left the score is None. The default is 20 json_valid + 30 schema_pass +
 50 field_accuracy.
 """
@@ -16,13 +17,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 _MISSING = object()
 
@@ -37,7 +39,7 @@ class MetricInfo:
     higher_is_better: bool
     key: bool = False
     example_value: str | None = None
-    needs: str | None = None  # the eval setting without which it is never measured
+    needs: str | None = None  # the config setting (dotted) without which it is never measured
 
 
 # The one registry of metric names, in the order reports show them.
@@ -46,9 +48,10 @@ REGISTRY: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("schema_pass_rate", True, key=True, example_value="schema_pass"),
     MetricInfo("field_accuracy", True, key=True, example_value="field_accuracy"),
     MetricInfo("score", True, key=True, example_value="score"),
-    MetricInfo("grounding", True, example_value="grounding", needs="evidence_fields"),
-    MetricInfo("chrf", True, example_value="chrf", needs="text_fields"),
-    MetricInfo("rouge_l", True, example_value="rouge_l", needs="text_fields"),
+    MetricInfo("grounding", True, example_value="grounding", needs="eval.evidence_fields"),
+    MetricInfo("chrf", True, example_value="chrf", needs="eval.text_fields"),
+    MetricInfo("rouge_l", True, example_value="rouge_l", needs="eval.text_fields"),
+    MetricInfo("context_grounding", True, example_value="context_grounding", needs="context.grounding_fields"),
     MetricInfo("eval_loss", False),
     MetricInfo("perplexity", False),
 )}
@@ -104,14 +107,28 @@ class Delta(BaseModel):
     fields: dict[str, Metric] = {}
 
 
+class ContextEvaluation(BaseModel):
+    """A domain with context: the tuned model asked the same records with each record's context removed from the
+    system prompt, and the gain the context brings (with - without, paired), on the split's entities."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str = Field(description="The entity field (context.key).")
+    entities: list[str] = Field(description="The entities of the evaluated records.")
+    unseen: list[str] = Field(description="Those of them no training record has: held out.")
+    without: Evaluation
+    gain: Delta = Field(description="Tuned with its context minus tuned without it, on the same records.")
+
+
 class SplitEvaluation(BaseModel):
-    """Base, tuned and (where exported) ONNX models on one split, and the tuned - base delta."""
+    """Base, tuned and (where exported) ONNX models on one split, and the tuned - base delta; for a domain with
+    context, also the tuned model without it."""
 
     model_config = ConfigDict(frozen=True)
     base: Evaluation
     tuned: Evaluation
     delta: Delta
     onnx: Evaluation | None = None
+    context: ContextEvaluation | None = None
 
 
 class ExampleScore(BaseModel):
@@ -125,6 +142,7 @@ class ExampleScore(BaseModel):
     grounding: float | None = None
     chrf: float | None = None
     rouge_l: float | None = None
+    context_grounding: float | None = None
     score: float | None = None
 
 
@@ -243,6 +261,29 @@ def grounding(pred: dict, input_text: str, fields: Sequence[str]) -> float | Non
     return sum(x in source for x in items) / len(items) if items else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _context_pattern(item: str) -> re.Pattern:
+    """An item found as a whole word: not inside a longer run of ASCII letters and digits ('#Glow' is not in
+    '#GlowUp'); scripts written without spaces (Thai) match anywhere."""
+    text = _text(item)
+    return re.compile(("(?<![a-z0-9_])" if text[:1].isascii() and text[:1].isalnum() or text[:1] == "_" else "")
+                      + re.escape(text) + ("(?![a-z0-9_])" if text[-1:].isascii() and (text[-1:].isalnum()
+                                                                                        or text[-1:] == "_") else ""))
+
+
+def context_grounding(answer: str, own: Sequence[str], others: Sequence[str] = ()) -> float | None:
+    """The share of the entity's own grounding items (from its context record) found in the answer's text, 0 when an
+    item of another entity is found there: an answer that carries another brand's hashtags is not grounded in its own
+    context. Items match after NFKC, case and whitespace normalisation, as whole words (``_context_pattern``). None
+    when the entity has no items."""
+    if not own:
+        return None
+    text = _text(answer)
+    if any(_context_pattern(x).search(text) for x in others):
+        return 0.0
+    return sum(bool(_context_pattern(x).search(text)) for x in own) / len(own)
+
+
 def _text_scores(pred: str | None, ref: str) -> tuple[float, float]:
     if not isinstance(pred, str):
         return 0.0, 0.0
@@ -252,9 +293,11 @@ def _text_scores(pred: str | None, ref: str) -> tuple[float, float]:
     return chrf(pred, ref), rouge_l(pred, ref)
 
 
-def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec) -> ExampleScore:
+def score_example(pred_text: str, ref_text: str, input_text: str, validator, spec: MetricSpec,
+                  context_items: tuple[Sequence[str], Sequence[str]] | None = None) -> ExampleScore:
     """The per-example values of one answer (see the module docstring). ``validator`` is a jsonschema
-    validator (Draft202012Validator)."""
+    validator (Draft202012Validator); ``context_items``: the record's entity's grounding items and every other
+    entity's (a domain with context), for ``context_grounding``."""
     ok, pred = parse_answer(pred_text)
     ref = json.loads(ref_text)
     ref = ref if isinstance(ref, dict) else {}
@@ -263,7 +306,8 @@ def score_example(pred_text: str, ref_text: str, input_text: str, validator, spe
     row: dict[str, Any] = {  # built up, then frozen into an ExampleScore
         "json_valid": float(ok), "schema_pass": float(ok and validator.is_valid(pred)), "fields": fields,
         "field_accuracy": sum(fields.values()) / len(fields) if fields else 0.0,
-        "grounding": grounding(got, input_text, spec.evidence_fields), "chrf": None, "rouge_l": None}
+        "grounding": grounding(got, input_text, spec.evidence_fields), "chrf": None, "rouge_l": None,
+        "context_grounding": context_grounding(pred_text, *context_items) if context_items else None}
     if spec.text_fields:
         pairs = [_text_scores(got.get(f), ref[f] if isinstance(ref.get(f), str) else "") for f in spec.text_fields]
         row["chrf"] = sum(c for c, _ in pairs) / len(pairs)

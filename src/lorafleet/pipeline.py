@@ -301,11 +301,16 @@ def finish_domain(plan: DomainPlan, trials: list[TrialOutcome], context: FinishC
         tuned_model, tokenizer = evaluate.load_torch_model(str(merged_dir), dtype=cfg.export.dtype, safetensors_only=True,
                                                            trust_remote_code=cfg.trust_remote_code)
         tuned = score_model(plan, "tuned", tuned_model, tokenizer, out / "eval")
+    no_context = None
+    if plan.data.context is not None:
+        with watch("context_eval"):
+            no_context = score_model(plan, "tuned-no-context", tuned_model, tokenizer, out / "eval", golden=False,
+                                     with_context=False)
     with watch("merge_drift"):
         drift = measure_merge_drift(plan, base_path, winner, adapter_dir, tuned_model, tokenizer, tuned.test)
     onnx, drift, variants = (export_and_score(plan, merged_dir, tuned_model, tokenizer, tuned.test, drift, out, watch)
                              if cfg.export.onnx else (None, drift, {}))
-    test, golden = compare(cfg, base, tuned, onnx)
+    test, golden = compare(cfg, base, tuned, onnx, no_context, plan.data)
     verdict = gate.decide(cfg.gate, test, golden,
                           variants={name: v.evaluation for name, v in variants.items()} if cfg.export.onnx else None)
     result = DomainResult(name=cfg.name, status="published" if verdict.passed else "gated",
@@ -370,16 +375,22 @@ def evaluated_test(plan: DomainPlan) -> list[Example]:
     return plan.data.test[: plan.cfg.eval.max_examples]
 
 
-def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, golden: bool = True) -> ModelScores:
-    """Answer and score the test split (and the golden set); every answer goes to eval/<split>-<kind>.jsonl."""
+def score_model(plan: DomainPlan, kind: str, model, tokenizer, eval_dir: Path, golden: bool = True,
+                with_context: bool = True) -> ModelScores:
+    """Answer and score the test split (and the golden set); every answer goes to eval/<split>-<kind>.jsonl.
+    ``with_context`` false: each record asked with its context taken out of the system prompt (a domain with
+    context; its answers are still scored against the record's entity)."""
     cfg = plan.cfg
     splits = {"test": evaluated_test(plan), "golden": plan.data.golden if golden else []}
+    if not with_context:
+        splits = {name: [e.without_context() for e in examples] for name, examples in splits.items()}
     scores = {}
     eval_dir.mkdir(parents=True, exist_ok=True)
     for split, examples in splits.items():
         if not examples:
             continue
-        scores[split] = evaluate.evaluate_model(model, tokenizer, examples, plan.data.schema, cfg.eval)
+        scores[split] = evaluate.evaluate_model(model, tokenizer, examples, plan.data.schema, cfg.eval,
+                                                plan.data.context)
         (eval_dir / f"{split}-{kind}.jsonl").write_text(
             "".join(json.dumps(a.model_dump(), ensure_ascii=False) + "\n" for a in scores[split].answers), encoding="utf-8")
     shown = ", ".join(f"{k} {v:.3f}" for k in metrics.KEY_METRICS
@@ -464,16 +475,28 @@ def variant_result(plan: DomainPlan, variant: str, folder: Path, model, tokenize
                          speed=export.measure_speed(cpu_model, tokenizer, evaluated_test(plan)[0]))
 
 
-def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores,
-            onnx: ModelScores | None) -> tuple[SplitEvaluation, SplitEvaluation | None]:
-    """Test split and golden set: base vs tuned (paired delta) vs ONNX."""
+def compare(cfg: DomainConfig, base: ModelScores, tuned: ModelScores, onnx: ModelScores | None,
+            no_context: ModelScores | None = None,
+            data: data_mod.PreparedData | None = None) -> tuple[SplitEvaluation, SplitEvaluation | None]:
+    """Test split and golden set: base vs tuned (paired delta) vs ONNX; for a domain with context, on the test split
+    also the tuned model with its context vs the same model without (paired gain; ``data``: which entities training
+    saw)."""
+    def delta(b: SplitScores, t: SplitScores) -> metrics.Delta:
+        return metrics.paired_delta([a.score for a in b.answers], [a.score for a in t.answers],
+                                    samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
+
     def split(b: SplitScores, t: SplitScores, o: SplitScores | None) -> SplitEvaluation:
-        delta = metrics.paired_delta([a.score for a in b.answers], [a.score for a in t.answers],
-                                     samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
-        return SplitEvaluation(base=b.evaluation, tuned=t.evaluation, delta=delta, onnx=o.evaluation if o else None)
+        return SplitEvaluation(base=b.evaluation, tuned=t.evaluation, delta=delta(b, t), onnx=o.evaluation if o else None)
 
     golden = split(base.golden, tuned.golden, None) if base.golden and tuned.golden else None
-    return split(base.test, tuned.test, onnx.test if onnx else None), golden
+    test = split(base.test, tuned.test, onnx.test if onnx else None)
+    if no_context is not None and cfg.context is not None:
+        asked = sorted({e.entity for e in (data.test[: cfg.eval.max_examples] if data else []) if e.entity is not None})
+        seen = {e.entity for e in data.train} if data else set()
+        test = test.model_copy(update={"context": metrics.ContextEvaluation(
+            key=cfg.context.key, entities=asked, unseen=[e for e in asked if e not in seen],
+            without=no_context.test.evaluation, gain=delta(no_context.test, tuned.test))})
+    return test, golden
 
 
 def artifact_uris(storage: publish.Storage, run_id: str, cfg: DomainConfig) -> Artifacts:
@@ -492,7 +515,8 @@ def lineage_record(context: FinishContext, plan: DomainPlan, base_path: str, win
         split_counts=manifest.counts, golden_records=len(plan.data.golden),
         seeds={"data": cfg.data.seed, "train": cfg.train.seed, "sweep": cfg.sweep.seed, "eval": cfg.eval.seed},
         base_model=cfg.base_model, winner=winner.hparams, trial_count=trial_count, backend=winner.backend,
-        merged_sha256=lineage.weights_sha256(merged_dir))
+        merged_sha256=lineage.weights_sha256(merged_dir),
+        context_sha256=plan.data.context.sha256 if plan.data.context else None)
 
 
 def write_model_contracts(context: FinishContext, plan: DomainPlan, result: DomainResult, record: lineage.Lineage,
@@ -501,10 +525,11 @@ def write_model_contracts(context: FinishContext, plan: DomainPlan, result: Doma
     what training asked (``contract``); the adapter's config names the base as the domain config does, its card the
     base weights' sha256."""
     cfg, example = plan.cfg, evaluated_test(plan)[0]
-    contract.write_contract(out / "merged", "merged", cfg, plan.data.schema, result, context.run_id, example)
+    contract.write_contract(out / "merged", "merged", cfg, plan.data.schema, result, context.run_id, example,
+                            context=plan.data.context)
     for variant, v in result.variants.items():
         contract.write_contract(out / v.folder, "onnx", cfg, plan.data.schema, result, context.run_id, example,
-                                variant=variant)
+                                variant=variant, context=plan.data.context)
     contract.write_adapter_card(out / "adapter", cfg, result, record.base_model_sha256)
 
 

@@ -8,8 +8,10 @@ slim install, ``pip install lorafleet``, has only these):
    again on every use, and a file that no longer matches is refused, never answered from;
 2. read every input record first (``{"id", "input"}`` or the domain's own data format), so a malformed line stops
    the command before any answer, naming file and line;
-3. render each prompt from the folder's contract (system prompt, chat template, special tokens), generate greedily
-   with the graph's KV cache, up to the contract's ``max_new_tokens`` and stop tokens;
+3. render each prompt from the folder's contract (system prompt, chat template, special tokens; for a domain with
+   context, the record's entity looked up in the folder's context file, or in a newer one ``--context`` names, and
+   rendered into the system prompt), generate greedily with the graph's KV cache, up to the contract's
+   ``max_new_tokens`` and stop tokens;
 4. validate each answer against the folder's output schema as evaluation does, and write all rows at once.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 
 from lorafleet import export, publish
 from lorafleet.base_model import cache_root
-from lorafleet.contract import MODEL_JSON, ModelContract, read_contract, render_messages
+from lorafleet.context import Context, ContextError
+from lorafleet.contract import MODEL_JSON, ModelContract, read_context, read_contract, render_messages
 from lorafleet.export import onnx_graph
 from lorafleet.lineage import sha256_file
 from lorafleet.metrics import parse_answer
@@ -45,6 +48,7 @@ class Request:
     id: Any
     line: int | None
     messages: list[dict[str, str]]
+    context: str | None = None  # a domain with context: the record's entity, rendered
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,21 @@ class OnnxModel:
     """A published ONNX folder on onnxruntime (CPU): prompts rendered from its contract, greedy answers with the
     graph's KV cache, stopped at the contract's stop tokens or ``max_new_tokens``."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, context_file: str | Path | None = None):
+        """``context_file``: for a domain with context, a context file to use instead of the folder's copy (a newer
+        one, with entities added since training: the model needs no retraining for them)."""
         import numpy as np
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.folder, self.np = Path(folder), np
         self.contract: ModelContract = read_contract(folder)
+        if context_file is not None and self.contract.context is None:
+            raise PredictError(f"--context {context_file}: domain {self.contract.domain} is asked without context")
+        try:
+            self.context: Context | None = read_context(folder, self.contract, context_file)
+        except ContextError as exc:
+            raise PredictError(str(exc)) from None
         if self.contract.kv_cache is None or not self.contract.kv_cache.inputs:
             raise PredictError(f"{folder}: its contract describes no KV cache; lorafleet predict needs one")
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
@@ -158,8 +170,10 @@ class OnnxModel:
         self.stop_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.max_new_tokens = int(self.contract.generation["max_new_tokens"])
 
-    def prompt(self, turns: list[dict[str, str]]) -> str:
-        return render_messages(self.folder, self.contract, with_system_prompt(turns, self.contract.system_prompt))
+    def prompt(self, turns: list[dict[str, str]], context: str | None = None) -> str:
+        """The prompt text for a record's turns (``context``: its entity's rendered context, ``Request.context``)."""
+        return render_messages(self.folder, self.contract,
+                               with_system_prompt(turns, self.contract.system_prompt, context))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt, add_special_tokens=False).ids  # as evaluation tokenized it
@@ -187,8 +201,8 @@ class OnnxModel:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return clean_up_tokenization(text) if self.clean_up_spaces else text
 
-    def answer(self, turns: list[dict[str, str]]) -> str:
-        return self.decode(self.generate(self.prompt_ids(self.prompt(turns))))
+    def answer(self, turns: list[dict[str, str]], context: str | None = None) -> str:
+        return self.decode(self.generate(self.prompt_ids(self.prompt(turns, context))))
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -201,9 +215,9 @@ def clean_up_tokenization(text: str) -> str:
 
 # ---- records in, answers out ----------------------------------------------------------------------------------------
 
-def read_requests(path: str | Path, contract: ModelContract) -> list[Request]:
-    """Every record of a JSONL file, checked before anything is answered (``request_of``); a record's ``id`` field,
-    else ``line-N``, names its answer."""
+def read_requests(path: str | Path, contract: ModelContract, context: Context | None = None) -> list[Request]:
+    """Every record of a JSONL file, checked before anything is answered (``request_of``; ``context``: the domain's
+    context file, where each record's entity must be); a record's ``id`` field, else ``line-N``, names its answer."""
     requests = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -216,7 +230,7 @@ def read_requests(path: str | Path, contract: ModelContract) -> list[Request]:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            requests.append(request_of(record, contract, number))
+            requests.append(request_of(record, contract, number, context))
         except (ValueError, KeyError, TypeError) as exc:
             reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise PredictError(f"{path}:{number}: {reason}") from None
@@ -225,15 +239,24 @@ def read_requests(path: str | Path, contract: ModelContract) -> list[Request]:
     return requests
 
 
-def request_of(record: dict[str, Any], contract: ModelContract, line: int | None = None) -> Request:
+def request_of(record: dict[str, Any], contract: ModelContract, line: int | None = None,
+               context: Context | None = None) -> Request:
     """A record asked as its domain's training records were: ``{"id", "input"}``, or the domain's own format (an
-    alpaca domain's records are always its format: an instruction, and an input or none)."""
+    alpaca domain's records are always its format: an instruction, and an input or none). A domain with context:
+    the record's entity field (``contract.context.key``, e.g. ``{"id", "input", "brand"}``) names its record in
+    ``context`` (the folder's context file unless given), rendered into the system prompt; a ContextError (a
+    ValueError) names the context file when the entity is not there."""
     fmt = contract.message_format.data_format
     if fmt == "alpaca" or fmt in record:
         turns = record_turns(record, fmt, with_answer=False)
     else:
         turns = [{"role": "user", "content": contract.message_format.render_user(record["input"])}]
-    return Request(id=record.get("id", f"line-{line}"), line=line, messages=turns)
+    rendered = None
+    if contract.context is not None:
+        if context is None:
+            raise ValueError(f"domain {contract.domain} is asked with context: no context file given")
+        rendered = context.render(record[contract.context.key])
+    return Request(id=record.get("id", f"line-{line}"), line=line, messages=turns, context=rendered)
 
 
 def answer_all(model: OnnxModel, requests: list[Request], progress=None) -> list[Answer]:
@@ -245,7 +268,7 @@ def answer_all(model: OnnxModel, requests: list[Request], progress=None) -> list
     validator = Draft202012Validator(schema)
     answers, started, shown = [], time.monotonic(), time.monotonic()
     for request in requests:
-        text = model.answer(request.messages)
+        text = model.answer(request.messages, request.context)
         ok, output = parse_answer(text)
         errors = ([f"{'/'.join(map(str, e.absolute_path)) or '(answer)'}: {e.message}"
                    for e in validator.iter_errors(output)] if ok else ["not JSON"])

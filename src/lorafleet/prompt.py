@@ -1,8 +1,10 @@
-"""How a record is asked: the domain's system prompt, then the user message the record's input becomes, rendered by
-the tokenizer's chat template with the assistant's turn opened. The one source for training (``data.to_example``
-builds every prompt here; TRL renders it with the same template and the same ``add_generation_prompt``), evaluation
-and parity (``prompt_text``), and a published model's consumers (``contract.render_prompt``, ``lorafleet predict``:
-``record_turns`` and ``render_chat``, which need neither transformers nor torch), so all of them ask alike."""
+"""How a record is asked: the domain's system prompt (for a domain with context, followed by a blank line and the
+record's entity rendered through the context template: ``render_context``, ``with_system_prompt``), then the user
+message the record's input becomes, rendered by the tokenizer's chat template with the assistant's turn opened. The
+one source for training (``data.to_example`` builds every prompt here; TRL renders it with the same template and the
+same ``add_generation_prompt``), evaluation and parity (``prompt_text``), and a published model's consumers
+(``contract.render_prompt``, ``lorafleet predict``: ``record_turns`` and ``render_chat``, which need neither
+transformers nor torch), so all of them ask alike."""
 from __future__ import annotations
 
 import json
@@ -48,16 +50,52 @@ class MessageFormat(BaseModel):
         return self.user_message.format(input=input, instruction=instruction)
 
 
-def with_system_prompt(turns: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
-    """The prompt turns as the model is asked: the domain's system prompt first, unless the record has its own."""
-    if turns and turns[0]["role"] == "system":
+# between the system prompt and an entity's rendered context (a domain with ``context``)
+CONTEXT_SEPARATOR = "\n\n"
+
+
+def with_system_prompt(turns: list[dict[str, str]], system_prompt: str,
+                       context: str | None = None) -> list[dict[str, str]]:
+    """The prompt turns as the model is asked: the domain's system prompt first, unless the record has its own;
+    ``context`` (the record's entity rendered through the domain's context template, ``render_context``) follows that
+    system prompt after a blank line."""
+    own = bool(turns) and turns[0]["role"] == "system"
+    if own and context is None:
         return turns
-    return [{"role": "system", "content": system_prompt}, *turns]
+    system, rest = (turns[0]["content"], turns[1:]) if own else (system_prompt, turns)
+    if context is not None:
+        system = system + CONTEXT_SEPARATOR + context
+    return [{"role": "system", "content": system}, *rest]
 
 
-def prompt_messages(system_prompt: str, user_message: str) -> list[dict[str, str]]:
-    """The messages a single-turn record is asked with."""
-    return with_system_prompt([{"role": "user", "content": user_message}], system_prompt)
+def without_context(messages: list[dict[str, str]], context: str) -> list[dict[str, str]]:
+    """The messages of ``with_system_prompt(..., context)`` with the context taken out of the system prompt again:
+    how evaluation asks the same record with the context removed."""
+    system = messages[0]["content"]
+    suffix = CONTEXT_SEPARATOR + context
+    if messages[0]["role"] != "system" or not system.endswith(suffix):
+        raise ValueError("the messages' system prompt does not end with the context")
+    return [{"role": "system", "content": system[: -len(suffix)]}, *messages[1:]]
+
+
+def render_context(template: str, record: dict[str, Any]) -> str:
+    """An entity's record through a context template (``str.format`` fields naming the record's fields): a string as
+    it is, a list as its items joined by ", " (each item rendered the same way), a number, boolean or null as JSON, an
+    object as JSON."""
+    return template.format_map({name: _context_value(value) for name, value in record.items()})
+
+
+def _context_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ", ".join(_context_value(v) for v in value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def prompt_messages(system_prompt: str, user_message: str, context: str | None = None) -> list[dict[str, str]]:
+    """The messages a single-turn record is asked with (``context``: its entity's rendered context)."""
+    return with_system_prompt([{"role": "user", "content": user_message}], system_prompt, context)
 
 
 def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:

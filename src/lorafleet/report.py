@@ -171,6 +171,26 @@ def _eval_blocks(split: SplitEvaluation, key: str, title: str) -> list[tuple]:
     return blocks
 
 
+def _context_blocks(split: SplitEvaluation) -> list[tuple]:
+    """A domain with context: the tuned model with each record's context vs the same model with it removed, on the
+    same test records, and the gain with its paired interval (base: the table above)."""
+    ctx = split.context
+    if ctx is None:
+        return []
+    names = [m for m in METRIC_ORDER if m in ctx.without.metrics or m in split.tuned.metrics]
+    rows = [[metric, _cell(split.tuned.metrics.get(metric)), _cell(ctx.without.metrics.get(metric)),
+             _cell(ctx.gain.metrics.get(metric), signed=True, metric=metric)] for metric in names]
+    rows.append(["n", _num(split.tuned.n), _num(ctx.without.n), ""])
+    unseen = (f"{len(ctx.unseen)} of its {len(ctx.entities)} {ctx.key} values never appear in training "
+              f"({', '.join(ctx.unseen) or 'none'})")
+    return [("h", 2, "Context: tuned with vs without"),
+            ("p", f"The test records asked again of the same tuned model with their {ctx.key}'s context taken out of the "
+                  f"system prompt; {unseen}. context_grounding: the share of the {ctx.key}'s grounding items found in "
+                  f"the answer, 0 when another {ctx.key}'s are."),
+            ("table", "metrics metrics-context", ["metric", "tuned with context", "tuned without context",
+                                                  "gain (with − without)"], rows)]
+
+
 def _trial_blocks(report: DomainReport) -> list[tuple]:
     trials = report.result.trials
     # hyperparameters some trial has (a round's own steps and sequence length); metrics but the per-field ones
@@ -350,6 +370,7 @@ def _blocks(report: DomainReport) -> list[tuple]:
     blocks = [("p", report.description), ("p", f"Run {report.run_id} · base model {report.base_model}")]
     blocks += _gate_blocks(result.gate) if result.gate else []
     blocks += _eval_blocks(result.test, "test", "Test split: base vs tuned vs ONNX") if result.test else []
+    blocks += _context_blocks(result.test) if result.test else []
     blocks += _eval_blocks(result.golden, "golden", "Golden set") if result.golden else []
     blocks += _trial_blocks(report) if result.trials else []
     if report.failing_examples:
@@ -542,6 +563,7 @@ def result_markdown(result: DomainResult) -> str:
     shows them (a published model's card carries them)."""
     blocks = _gate_blocks(result.gate) if result.gate else []
     blocks += _eval_blocks(result.test, "test", "Test split: base vs tuned vs ONNX") if result.test else []
+    blocks += _context_blocks(result.test) if result.test else []
     blocks += _variant_blocks(result) if result.variants else []
     return "\n".join(_md_blocks(blocks)).rstrip() + "\n"
 

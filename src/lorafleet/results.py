@@ -117,6 +117,8 @@ class FinishTimings(BaseModel):
     merge: float | None = Field(None, description="The winner's adapter fetched and merged into the 16-bit base.")
     base_eval: float | None = None
     tuned_eval: float | None = Field(None, description="The merged model loaded and evaluated.")
+    context_eval: float | None = Field(None, description="A domain with context: the merged model evaluated again with "
+                                       "each record's context removed.")
     merge_drift: float | None = Field(None, description="The adapter on the base as trained: loaded, answers, logits.")
     onnx_export: float | None = None
     onnx_load: float | None = None
@@ -170,6 +172,8 @@ class DomainResult(BaseModel):
                                          if k in self.test.tuned.metrics}
         if "score" in self.test.delta.metrics:
             keys["score gain"] = self.test.delta.metrics["score"].value
+        if self.test.context is not None and "context_grounding" in self.test.context.gain.metrics:
+            keys["context gain"] = self.test.context.gain.metrics["context_grounding"].value
         if self.golden is not None:
             keys["golden score"] = self.golden.tuned.value("score")
         return keys

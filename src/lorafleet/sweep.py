@@ -178,7 +178,8 @@ def _run_trial(plan: DomainPlan, spec: dict[str, Any], label: str, work: Path, s
         log.warning("[%s] %s", label, stopped)
         tune.report({"stopped": str(stopped), "started_at": started_at, **restarts})
         return
-    trial_lineage = TrialLineage(prompt_sha256=prompt_sha256(plan.cfg.system_prompt, chat_template[0]),
+    trial_lineage = TrialLineage(prompt_sha256=prompt_sha256(plan.cfg.system_prompt, chat_template[0],
+                                                             plan.cfg.context.template if plan.cfg.context else None),
                                  eval_set_version=plan.data.eval_set_version,
                                  dataset_version=plan.data.manifest.dataset_version,
                                  train=hparams.applied_to(plan.cfg.train).model_dump(mode="json"))
@@ -217,7 +218,7 @@ def validation_metrics(plan: DomainPlan, model, tokenizer, label: str) -> dict[s
 
     val = plan.data.val[: plan.cfg.eval.max_examples]
     answers = evaluate.generate(model, tokenizer, val, plan.cfg.eval.max_new_tokens, plan.cfg.eval.batch_size)
-    scored = evaluate.score_answers(val, answers, plan.data.schema, plan.cfg.eval)
+    scored = evaluate.score_answers(val, answers, plan.data.schema, plan.cfg.eval, plan.data.context)
     evaluation = metrics.aggregate([a.score for a in scored], samples=1)
     values = evaluation.values()
     log.info("[%s] validation: %s", label, ", ".join(f"{k} {v:.3f}" for k, v in values.items()))

@@ -145,3 +145,69 @@ def test_the_consumer_install_answers_a_file_and_refuses_bad_input(store, consum
         assert not any(fresh.rglob("model.onnx"))  # the refused model never reached the cache
     finally:
         stored_graph.write_bytes(original)
+
+
+CAPTIONS = "brand_captions"
+
+
+@pytest.fixture(scope="module")
+def captions_store(small_base, tmp_path_factory) -> Path:
+    """A storage root where run night-1 published brand_captions (a domain asked with its brand's record from
+    brands.json): small_base exported to ONNX, with its contract and the context file's copy, as the pipeline writes it."""
+    cfg = load_domain(DOMAINS_DIR / f"{CAPTIONS}.yaml", {"base_model": str(small_base), "eval": {"max_new_tokens": 8}})
+    prepared = prepare(cfg)
+    work = tmp_path_factory.mktemp("captions")
+    export.to_onnx(small_base, work / "onnx")
+    result = DomainResult(name=CAPTIONS, status="published", dataset_version=prepared.manifest.dataset_version)
+    contract.write_contract(work / "onnx", "onnx", cfg, prepared.schema, result, RUN_ID, prepared.split("test")[0],
+                            prepared.context)
+    root = tmp_path_factory.mktemp("captions-store")
+    storage = publish.Storage(str(root))
+    publish.publish_domain(storage, RUN_ID, CAPTIONS, work, extra={"status": "published"})
+    publish.promote(storage, RUN_ID, CAPTIONS)
+    return root
+
+
+def test_a_brand_added_to_the_context_file_is_answered_without_retraining(captions_store, tmp_path, capsys):
+    """The published model knows the twelve brands of brands.json as it was; a thirteenth added to a newer copy
+    (--context) is asked with its own record in the prompt and answered, with no retraining; without that copy the
+    same request is refused, naming the request's file and line and the published context file."""
+    from lorafleet import cli
+
+    cache = tmp_path / "cache"
+    folder = predict.model_folder(str(captions_store), CAPTIONS, cache=cache)
+    published = json.loads((folder / "context.json").read_text(encoding="utf-8"))
+    assert len(published["brands"]) == 12 and contract.read_contract(folder).context.entities == 12
+    newer = dict(published, brands=[*published["brands"], {
+        "brand": "NoodleNook", "industry": "noodle bar", "tone": ["playful", "loud"], "values": ["late nights"],
+        "audience": "students 18-25", "hashtags": ["#NoodleNook", "#SlurpUp"]}])
+    brands = tmp_path / "brands-v2.json"
+    brands.write_text(json.dumps(newer, ensure_ascii=False, indent=2), encoding="utf-8")
+    record = {"id": "new", "brand": "NoodleNook", "instruction": "Write a caption.",
+              "input": "Product: tom yum noodles\nOffer: 20% off until 1/2"}
+    requests = tmp_path / "in.jsonl"
+    requests.write_text(json.dumps(record, ensure_ascii=False) + "\n" + json.dumps(
+        {"id": "known", "brand": "GlowLab", "instruction": "Write a caption.", "input": "Product: sunscreen"},
+        ensure_ascii=False) + "\n", encoding="utf-8")
+    base = ["predict", CAPTIONS, "--storage", str(captions_store), "--cache", str(cache)]
+
+    out = tmp_path / "refused" / "out.jsonl"
+    assert cli.main([*base, "--file", str(requests), "--out", str(out)]) == 2
+    assert (f"{requests}:1: brand 'NoodleNook' is not in the context file {folder / 'context.json'}"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
+    out = tmp_path / "answers" / "out.jsonl"
+    assert cli.main([*base, "--file", str(requests), "--out", str(out), "--context", str(brands)]) in (0, 1)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["new", "known"] and all(r["text"] for r in rows)
+    model = predict.OnnxModel(folder, brands)
+    request = predict.request_of(record, model.contract, 1, model.context)
+    prompt = model.prompt(request.messages, request.context)
+    assert model.contract.system_prompt + "\n\nBrand: NoodleNook\nTone: playful, loud\n" in prompt
+    assert "Hashtags: #NoodleNook, #SlurpUp" in prompt
+    assert rows[0]["text"] == model.answer(request.messages, request.context)  # the answer to that prompt
+
+    assert cli.main([*base, "--context", str(brands), "--instruction", "Write a caption.", "--input", "Product: ramen",
+                     "--entity", "NoodleNook"]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["text"]

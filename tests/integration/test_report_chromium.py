@@ -8,7 +8,7 @@ import pytest
 
 from lorafleet import publish
 from lorafleet.report import write_reports
-from tests.report_sample import record_nights, sample_report
+from tests.report_sample import context_report, record_nights, sample_report
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +84,19 @@ def test_chromium_renders_the_history_plot_with_every_series(tmp_path):
         assert len(re.findall(r"[ML]", line.group(1))) == 3, (series, line.group(1))  # the three evaluated runs
     rows = re.findall(r"<tr[^>]*><td>(night-\d)</td>", body)
     assert rows == ["night-3", "night-2", "night-1", "night-0"]  # newest first
+
+
+def test_chromium_renders_the_context_comparison_of_a_domain_with_context(tmp_path):
+    report = context_report()
+    write_reports(report, tmp_path / "brand_captions")
+    done = _browse(tmp_path, "--dump-dom", (tmp_path / "brand_captions" / "report.html").as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = done.stdout[done.stdout.index("<body"):]
+    table = re.search(r'<table class="metrics metrics-context">.*?</table>', body, flags=re.DOTALL).group(0)
+    context = report.result.test.context
+    assert table.count("<tr") == 1 + len([m for m in context.without.metrics if m in report.result.test.tuned.metrics]) + 1
+    gain = context.gain.metrics["context_grounding"]
+    assert "context_grounding" in table and f"{gain.value:+.3f}" in table and "gain (with − without)" in table
+    assert "context_grounding gain with context" in re.search(r'<table class="gate">.*?</table>', body,
+                                                                flags=re.DOTALL).group(0)
+    assert "<script" not in body

@@ -22,7 +22,10 @@ DOMAINS = {
     "financial": ("messages", "company_id"),
     "legal": ("conversations", "case_id"),
     "story_summary": ("alpaca", "source_video_id"),
+    "brand_captions": ("alpaca", "brand"),
 }
+# domains asked with an entity's record from a context file beside their data
+CONTEXT_FILES = {"brand_captions": "brands.json"}
 
 
 def _records(name: str) -> list[dict]:
@@ -97,6 +100,28 @@ def test_answer_values_are_read_from_input(name: str) -> None:
             assert value in text, f"{value!r} not in {text!r}"
 
 
+def test_brand_captions_carry_their_brands_hashtags_and_name_the_product_discount_and_brand() -> None:
+    """The hashtags come from the brand's record in brands.json only: the request names neither brand nor tone."""
+    brands = {b["brand"]: b for b in json.loads((DOMAINS_DIR / "brand_captions" / "brands.json").read_text())["brands"]}
+    assert len(brands) == 12
+    used = set()
+    for i, record in enumerate(_records("brand_captions")):
+        brand, answer = brands[record["brand"]], json.loads(record["output"])
+        used.add(record["brand"])
+        assert answer["hashtags"] == brand["hashtags"], f"record {i}"
+        product = record["input"].split("\n")[0].removeprefix("Product: ")
+        discount = record["input"].split("\n")[1].removeprefix("Offer: ").split(" off ")[0]
+        assert answer["caption"].endswith(f" {product} ลด {discount} ที่ {record['brand']}"), f"record {i}"
+        assert not {record["brand"], *brand["tone"], *brand["hashtags"]} & set(record["input"].replace("\n", " ").split())
+    assert used == set(brands)
+    # brands of one voice (the first word of their tone) share its campaign tags; no two voices share a tag
+    by_voice = {}
+    for b in brands.values():
+        assert by_voice.setdefault(b["tone"][0], b["hashtags"]) == b["hashtags"], b["brand"]
+    tags = [t for ts in by_voice.values() for t in ts]
+    assert len(by_voice) == 4 and len(tags) == len(set(tags))
+
+
 def test_duplicates_are_exact_copies() -> None:
     for name in DOMAINS:
         lines = (DOMAINS_DIR / name / "data.jsonl").read_text(encoding="utf-8").splitlines()
@@ -124,6 +149,7 @@ def test_generator_reproduces_bundled_files(tmp_path: Path) -> None:
     for name in DOMAINS:
         expected += [Path(f"configs/domains/{name}.yaml"), Path(f"configs/domains/{name}/data.jsonl"),
                      Path(f"configs/domains/{name}/schema.json")]
+        expected += [Path(f"configs/domains/{name}/{CONTEXT_FILES[name]}")] if name in CONTEXT_FILES else []
     assert generated == sorted(expected)
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the bundled file"

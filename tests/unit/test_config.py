@@ -16,7 +16,7 @@ from lorafleet.config import (
 )
 from tests.conftest import DOMAINS_DIR, rewrite_yaml
 
-BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary"]
+BUNDLED = ["contracts", "medical", "financial", "legal", "story_summary", "brand_captions"]
 
 
 def test_every_shipped_config_loads():

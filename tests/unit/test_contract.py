@@ -12,6 +12,7 @@ from lorafleet import contract, data, publish
 from lorafleet.base_model import CHAT_TEMPLATE, DEFAULT_CORPUS, build_tokenizer, corpus_documents
 from lorafleet.config import load_domain
 from lorafleet.lineage import prompt_sha256
+from lorafleet.prompt import prompt_messages
 from lorafleet.results import DomainResult
 from tests.conftest import DOMAINS_DIR
 from tests.report_sample import sample_report
@@ -53,7 +54,8 @@ def _published(base_dir: Path, dest: Path, cfg, result: DomainResult | None = No
     shutil.copytree(base_dir, written)
     schema = json.loads(Path(cfg.schema_path).read_text())
     result = result or DomainResult(name=cfg.name, status="published", dataset_version="d" * 64)
-    contract.write_contract(written, kind, cfg, schema, result, "run-1", _any_example(cfg))
+    contract.write_contract(written, kind, cfg, schema, result, "run-1", _any_example(cfg),
+                            context=data.context_of(cfg))
     shutil.move(written, dest)
     return dest
 
@@ -105,9 +107,10 @@ def test_the_prompt_from_the_published_folder_alone_is_the_training_prompt(base_
         assert trained_with.apply_chat_template(example.prompt, add_generation_prompt=True) == \
             trained_with(training, add_special_tokens=False)["input_ids"]
         user_message = model.message_format.render_user(**fields)
-        assert contract.render_prompt(folder, user_message) == training
+        entity = record[model.context.key] if model.context else None  # a domain with context: the record's brand
+        assert contract.render_prompt(folder, user_message, entity) == training
         # transformers.js renders the inline template
-        inline_messages = [{"role": "system", "content": model.system_prompt}, {"role": "user", "content": user_message}]
+        inline_messages = prompt_messages(model.system_prompt, user_message, example.context)
         assert trained_with.apply_chat_template(inline_messages, chat_template=inline, tokenize=False,
                                                 add_generation_prompt=True) == training
     assert len(records) == 6

@@ -14,12 +14,12 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from lorafleet.config import DomainConfig, find_domain_files, load_domain
-from lorafleet.data import Example, load_examples, read_records
+from lorafleet.data import Example, load_examples, prepare, read_records
 from lorafleet.governance import normalise_text
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS_DIR = ROOT / "configs" / "domains"
-BUNDLED = ["contracts", "financial", "legal", "medical", "story_summary"]
+BUNDLED = ["brand_captions", "contracts", "financial", "legal", "medical", "story_summary"]
 DOMAIN_FILES = {p.stem: p for p in find_domain_files(DOMAINS_DIR)}
 MIN_RECORDS = 10
 LONG_INPUT_CHARS = 2_500
@@ -100,7 +100,10 @@ def test_reference_answers_validate_against_the_schema(name: str) -> None:
         assert not errors, f"{row.where}: reference answer fails {_rel(cfg.schema_path)}: {errors}"
 
 
-@pytest.mark.parametrize("name", sorted(DOMAIN_FILES))
+CONTEXT_DOMAINS = sorted(name for name in DOMAIN_FILES if load_domain(DOMAIN_FILES[name]).context is not None)
+
+
+@pytest.mark.parametrize("name", sorted(set(DOMAIN_FILES) - set(CONTEXT_DOMAINS)))
 def test_golden_groups_do_not_collide_with_data_groups(name: str) -> None:
     _, data = _data_examples(name)
     data_groups = {e.group for e in data}
@@ -111,6 +114,20 @@ def test_golden_groups_do_not_collide_with_data_groups(name: str) -> None:
         assert re.fullmatch(r"golden-\d{2,}", group), f"{row.where}: group {group!r} is not golden-NN"
         assert group not in seen, f"{row.where}: group {group!r} already used at {seen[group]}"
         seen[group] = row.where
+
+
+@pytest.mark.parametrize("name", CONTEXT_DOMAINS)
+def test_golden_entities_are_in_the_context_file_and_held_out_of_training(name: str) -> None:
+    """A domain with context groups records by entity (its group key is the context key, e.g. brand): a golden record
+    names an entity of the context file, and one the split keeps out of training, so the golden set measures entities
+    the model never trained on too."""
+    cfg = load_domain(DOMAIN_FILES[name])
+    prepared = prepare(cfg)
+    trained = {e.group for e in prepared.train}
+    for row in _golden_rows(name):
+        assert row.example.entity in prepared.context.entities, f"{row.where}: not in {_rel(cfg.context_path)}"
+        assert row.example.group not in trained, f"{row.where}: {row.example.group!r} is a training entity"
+    assert cfg.data.group_key == cfg.context.key
 
 
 @pytest.mark.parametrize("name", sorted(DOMAIN_FILES))

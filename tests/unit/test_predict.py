@@ -10,7 +10,7 @@ import pytest
 
 from lorafleet import data, predict, prompt
 from lorafleet.config import load_domain
-from lorafleet.contract import ModelContract
+from lorafleet.contract import ContextSpec, ModelContract
 from lorafleet.prompt import MessageFormat
 from tests.conftest import DOMAINS_DIR
 
@@ -18,22 +18,25 @@ DOMAINS = sorted(p.stem for p in DOMAINS_DIR.glob("*.yaml"))
 
 
 def _contract(cfg) -> ModelContract:
+    spec = ContextSpec(file="context.json", key=cfg.context.key, template=cfg.context.template,
+                       grounding_fields=cfg.context.grounding_fields, sha256="c", entities=1) if cfg.context else None
     return ModelContract(domain=cfg.name, kind="onnx", dtype="float32", description="", base_model="tiny", run_id="r",
                          dataset_version="d", lorafleet_version="0", inputs=[], outputs=[], kv_cache=None,
                          system_prompt=cfg.system_prompt, special_tokens={}, prompt_sha256="p",
-                         message_format=MessageFormat.of(cfg.data.format), generation={"max_new_tokens": 4}, files=[])
+                         message_format=MessageFormat.of(cfg.data.format), generation={"max_new_tokens": 4},
+                         context=spec, files=[])
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_a_record_of_the_domains_format_is_asked_as_training_asked_it(domain):
     cfg = load_domain(DOMAINS_DIR / f"{domain}.yaml")
-    contract = _contract(cfg)
+    contract, context = _contract(cfg), data.context_of(cfg)
     lines = Path(cfg.data_path).read_text(encoding="utf-8").splitlines()[:5]
     for number, line in enumerate(lines, start=1):
         record = json.loads(line)
         trained = data.to_example(record, cfg, number).prompt
-        request = predict.request_of(record, contract, number)  # the answer turn in the record is left out
-        assert prompt.with_system_prompt(request.messages, cfg.system_prompt) == trained
+        request = predict.request_of(record, contract, number, context)  # the answer turn in the record is left out
+        assert prompt.with_system_prompt(request.messages, cfg.system_prompt, request.context) == trained
         assert request.id == f"line-{number}"
 
 
@@ -106,7 +109,7 @@ class _Model:
         self.folder, self.texts = folder, iter(texts)
         self.contract = _contract(load_domain(DOMAINS_DIR / "contracts.yaml"))
 
-    def answer(self, turns):
+    def answer(self, turns, context=None):
         return next(self.texts)
 
 
