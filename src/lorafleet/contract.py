@@ -190,7 +190,7 @@ def render_messages(folder: str | Path, contract: ModelContract, messages: list[
 
 
 def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: dict[str, Any], result: DomainResult,
-                   run_id: str, example: Example, variant: str | None = None,
+                   run_id: str, example: Example, *, variant: str | None = None,
                    context: Context | None = None) -> ModelContract:
     """Write the contract files into a model folder that holds the model's tokenizer (``example``: a test record the
     card shows the call with; ``variant``: an ONNX folder's, default export.dtype; ``context``: the context file

@@ -160,7 +160,7 @@ def captions_store(small_base, tmp_path_factory) -> Path:
     export.to_onnx(small_base, work / "onnx")
     result = DomainResult(name=CAPTIONS, status="published", dataset_version=prepared.manifest.dataset_version)
     contract.write_contract(work / "onnx", "onnx", cfg, prepared.schema, result, RUN_ID, prepared.split("test")[0],
-                            prepared.context)
+                            context=prepared.context)
     root = tmp_path_factory.mktemp("captions-store")
     storage = publish.Storage(str(root))
     publish.publish_domain(storage, RUN_ID, CAPTIONS, work, extra={"status": "published"})

@@ -81,7 +81,8 @@ def test_the_bundled_pipeline_expands_into_one_domain_per_step():
     assert character.step.target == {"doers": "annotations.characters.doers",
                                      "receivers": "annotations.characters.receivers"}
     assert Path(character.schema_path).name == "character.schema.json" and "doers" in character.system_prompt
-    assert (character.train.max_steps, event.train.max_steps) == (40, 30)  # a step's own value over the shared one
+    assert (character.eval.max_new_tokens, event.eval.max_new_tokens) == (96, 64)  # a step's own value over the shared
+    assert event.eval.max_examples == character.eval.max_examples == 12  # one eval field overridden, the others shared
     import folktale_prompts
 
     source = inspect.getsource(folktale_prompts.build_relationship_prompt)
@@ -113,6 +114,23 @@ def test_the_records_are_made_by_the_mapping_and_the_builder(tmp_path):
     prepared = data.prepare(event, tmp_path / "event")
     assert prepared.manifest.domain == "folktale.event" and not prepared.manifest.drops
     assert {e.group for e in prepared.test}.isdisjoint({e.group for e in prepared.train})
+
+
+def test_the_golden_scenes_are_mapped_by_every_step_and_meet_its_schema(tmp_path):
+    import folktale_prompts
+
+    golden = [json.loads(line) for line in (PIPELINES_DIR / "folktale" / "golden.jsonl").read_text().splitlines()]
+    prepared = {name: data.prepare(cfg) for name, cfg in load_pipeline(FOLKTALE).items()}
+    for name, step in prepared.items():
+        assert len(step.golden) == len(golden) == 12, name
+        assert not step.manifest.drops, name  # no golden scene is near a training scene
+    assert ([e.user_text for e in prepared["folktale.relationship"].golden] ==
+            [folktale_prompts.build_relationship_prompt(r) for r in golden])
+    broken = [dict(golden[0], annotations={**golden[0]["annotations"], "action_category": "sing"}), *golden[1:]]
+    (tmp_path / "golden.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in broken))
+    event = load_pipeline(FOLKTALE, {"eval": {"golden": str(tmp_path / "golden.jsonl")}})["folktale.event"]
+    with pytest.raises(data.DataError, match=r"golden\.jsonl:1: the answer breaks the schema: 'sing' is not one of"):
+        data.prepare(event)
 
 
 # ---- choosing steps ------------------------------------------------------------------------------------------
