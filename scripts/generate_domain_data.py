@@ -972,6 +972,9 @@ select:
     - {{metric: context_grounding, mode: max}}
 export:
   onnx: true
+  # the export (fp32, in onnx/) and a 4-bit one built from it (onnx-int4/): MatMul weights in blocks of 32
+  variants: [fp32, int4]
+  int4_block_size: 32
 eval:
   max_new_tokens: 160
   max_examples: 32
@@ -987,6 +990,9 @@ gate:
   golden_min: {{schema_pass_rate: 0.3}}
   # the context must be what grounds the answers: with it, more of the brand's hashtags than without
   context_min_improvement: {{context_grounding: 0.1}}
+  # int4 against the fp32 export on the same test records (README, "ONNX variants")
+  variants:
+    int4: {{max_drop: {{schema_pass_rate: 0.1, score: 5}}}}
 """
 
 
