@@ -22,7 +22,7 @@ def test_every_step_of_the_folktale_pipeline_is_published_with_its_own_report(lo
     shutil.copytree(PIPELINES_DIR, tmp_path / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     storage_dir = tmp_path / "store"
     sets = [f"base_model={small_base}", "train.max_steps=4", "train.eval_steps=2", "eval.max_examples=4",
-            "eval.max_new_tokens=24", *(s for s in OPEN_GATE if "golden" not in s)]  # no golden set here
+            "eval.max_new_tokens=24", *OPEN_GATE]
     args = ["run", "--config-dir", str(tmp_path / "domains"), "--domains", "folktale.*", "--storage", str(storage_dir),
             "--run-id", "steps-1", "--work-dir", str(tmp_path / "work"), *[a for s in sets for a in ("--set", s)]]
     assert main(args) == 0
@@ -32,6 +32,7 @@ def test_every_step_of_the_folktale_pipeline_is_published_with_its_own_report(lo
     configs = load_pipeline(tmp_path / "pipelines" / "folktale.yaml")
     for name in STEPS:
         assert summary["domains"][name]["status"] == "published", summary["domains"][name]
+        assert summary["domains"][name]["golden"]["tuned"]["n"] == 12  # the hand-written scenes, mapped by this step
         domain_dir = storage_dir / "runs" / "steps-1" / name
         for report in ("report.json", "report.md", "report.html"):
             assert (domain_dir / report).is_file()
