@@ -26,7 +26,8 @@ def test_the_bundled_domains_publish_an_int4_variant_held_to_its_drops():
 
     for path in sorted(DOMAINS_DIR.glob("*.yaml")):
         cfg = load_domain(path)
-        assert (cfg.export.variants, cfg.export.int4_block_size) == (["fp32", "int4"], 32), path
+        block = 16 if cfg.name == "brand_captions" else 32  # its long Thai answers lose their JSON in blocks of 32
+        assert (cfg.export.variants, cfg.export.int4_block_size) == (["fp32", "int4"], block), path
         assert cfg.gate.variants == {"int4": VariantGate(max_drop={"schema_pass_rate": 0.1, "score": 5})}, path
 
 
