@@ -18,15 +18,17 @@ KILL_AT = (3, 15, 27)  # 10 %, 50 %, 90 % of the trial's steps
 
 
 def _killer(kill_at_step: dict[int, int]):
-    """A Tune callback (in the driver) SIGKILLing the worker of the trial numbered n (in trial id order) as soon as
-    Tune recorded its checkpoint at or past ``kill_at_step[n]``, once."""
+    """A Tune callback (in the driver) SIGKILLing the worker of the trial numbered n (in the order their first
+    checkpoints reached the driver: fixed once seen, whatever trials exist yet or their random ids) as soon as Tune
+    recorded its checkpoint at or past ``kill_at_step[n]``, once."""
     from ray.tune import Callback
 
     class KillWorkers(Callback):
         killed: dict[str, int] = {}
+        numbered: dict[str, int] = {}
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-            n = sorted(t.trial_id for t in trials).index(trial.trial_id)
+            n = self.numbered.setdefault(trial.trial_id, len(self.numbered))
             step = trial.last_result.get("checkpoint_step", 0)
             if n in kill_at_step and trial.trial_id not in self.killed and step >= kill_at_step[n]:
                 self.killed[trial.trial_id] = step
@@ -45,10 +47,11 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_if_never_killed(
         "sweep": {"space": {"lora_rank": [4], "learning_rate": [0.002]}, "num_samples": 4,
                   "resources_per_trial": {"cpu": 1}},
         "eval": {"max_examples": 1, "max_new_tokens": 4}})
-    killer = _killer(dict(enumerate(KILL_AT, start=1)))
+    killer = _killer(dict(enumerate(KILL_AT, start=1)))  # the first trial seen runs through
     outcomes = sweep.run_sweep({"medical": sweep.DomainPlan(cfg, data.prepare(cfg))}, publish.Storage(s3_bucket),
                                "killed", callbacks=[killer])["medical"]
-    assert len(killer.killed) == 3 and all(t.finished for t in outcomes), [t.error for t in outcomes]
+    assert len(killer.killed) == 3 and all(t.finished for t in outcomes), (killer.numbered, killer.killed,
+                                                                             [t.error for t in outcomes])
     assert sorted(t.restarts for t in outcomes) == [0, 1, 1, 1]
     assert sorted(r for t in outcomes for r in t.resumed_from) == sorted(killer.killed.values())  # the step it saw
     assert all(s in KILL_AT for s in killer.killed.values())  # a checkpoint every EVERY steps: at most one lost
