@@ -683,6 +683,11 @@ class DomainConfig(_Strict):
         return self.resolve(self.context.path) if self.context else None
 
     @property
+    def context_template(self) -> str | None:
+        """The template an entity's context is written with: part of the prompt's hash (``lineage.prompt_sha256``)."""
+        return self.context.template if self.context else None
+
+    @property
     def golden_path(self) -> str | None:
         return self.resolve(self.eval.golden) if self.eval.golden else None
 

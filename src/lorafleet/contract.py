@@ -224,7 +224,7 @@ def write_contract(folder: str | Path, kind: Kind, cfg: DomainConfig, schema: di
         run_id=run_id, dataset_version=result.dataset_version or "", lorafleet_version=lorafleet.__version__,
         inputs=inputs, outputs=outputs, kv_cache=kv_cache, system_prompt=cfg.system_prompt,
         special_tokens=tokenizer.special_tokens_map,
-        prompt_sha256=prompt_sha256(cfg.system_prompt, template, cfg.context.template if cfg.context else None),
+        prompt_sha256=prompt_sha256(cfg.system_prompt, template, cfg.context_template),
         message_format=MessageFormat.of(cfg.data.format), generation=settings, prompt_builder=prompt_builder_of(cfg),
         context=spec, files=[])
     (folder / MODEL_CARD).write_text(model_card(contract, result, example), encoding="utf-8")

@@ -178,8 +178,7 @@ def _run_trial(plan: DomainPlan, spec: dict[str, Any], label: str, work: Path, s
         log.warning("[%s] %s", label, stopped)
         tune.report({"stopped": str(stopped), "started_at": started_at, **restarts})
         return
-    trial_lineage = TrialLineage(prompt_sha256=prompt_sha256(plan.cfg.system_prompt, chat_template[0],
-                                                             plan.cfg.context.template if plan.cfg.context else None),
+    trial_lineage = TrialLineage(prompt_sha256=prompt_sha256(plan.cfg.system_prompt, chat_template[0], plan.cfg.context_template),
                                  eval_set_version=plan.data.eval_set_version,
                                  dataset_version=plan.data.manifest.dataset_version,
                                  train=hparams.applied_to(plan.cfg.train).model_dump(mode="json"))
